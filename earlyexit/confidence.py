@@ -1,0 +1,117 @@
+"""Confidence metrics that turn a head's logits into an exit score.
+
+Convention: every metric returns a score where *higher means more confident*, so one rule
+(`score >= threshold`) serves all of them. That is why `entropy` returns the NEGATIVE entropy
+(in nats, so scores lie in [-log V, 0]); use `Metric.to_natural` to show the entropy itself.
+
+Scores are computed in float32 from `log_softmax`, whatever the input dtype, so they are finite
+for any finite logits (fp16 +-65504, fp32 +-3e38, huge bf16 values, all-equal or one-hot rows).
+A row holding any nan or inf gets a NaN score, and `should_exit` never passes a NaN, so a broken
+head can never trigger an exit silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["METRICS", "Metric", "get_metric", "should_exit"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named confidence score `(logits[..., V]) -> float32[...]`, higher = more confident."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    description: str
+    natural_label: str  # what `to_natural(score)` means, for reports
+    to_natural: Callable[[float], float]  # score -> the quantity people usually quote
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.fn(logits)
+
+
+def _log_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 log-probabilities, plus a mask of rows whose logits are all finite.
+
+    Non-finite entries are zeroed before `log_softmax` only to keep the arithmetic quiet; the
+    caller turns those rows' scores into NaN with `_mask`.
+    """
+    if logits.dim() == 0 or logits.shape[-1] == 0:
+        raise ValueError(
+            f"logits must have a non-empty last (vocab) dimension, got shape {tuple(logits.shape)}"
+        )
+    x = logits.detach().to(torch.float32)
+    finite = torch.isfinite(x)
+    x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.log_softmax(x, dim=-1), finite.all(dim=-1)
+
+
+def _mask(score: torch.Tensor, row_ok: torch.Tensor) -> torch.Tensor:
+    return torch.where(row_ok, score, torch.full((), float("nan"), dtype=score.dtype, device=score.device))
+
+
+def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """sum p log p (= -entropy, nats). p log p is taken as 0 where p == 0, so no 0 * -inf = nan."""
+    logp, ok = _log_probs(logits)
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
+    return _mask(plogp.sum(dim=-1).clamp(max=0.0), ok)
+
+
+def max_prob(logits: torch.Tensor) -> torch.Tensor:
+    """Probability of the argmax token."""
+    logp, ok = _log_probs(logits)
+    return _mask(logp.max(dim=-1).values.exp(), ok)
+
+
+def margin(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 probability; needs V >= 2."""
+    if logits.dim() > 0 and logits.shape[-1] < 2:
+        raise ValueError(f"margin needs a vocab of at least 2, got shape {tuple(logits.shape)}")
+    logp, ok = _log_probs(logits)
+    top = logp.topk(2, dim=-1).values.exp()
+    return _mask(top[..., 0] - top[..., 1], ok)
+
+
+METRICS: dict[str, Metric] = {
+    "entropy": Metric(
+        name="entropy",
+        fn=neg_entropy,
+        description="negative Shannon entropy of the softmax, in nats (higher = more confident)",
+        natural_label="entropy (nats)",
+        to_natural=lambda score: -score,
+    ),
+    "max-prob": Metric(
+        name="max-prob",
+        fn=max_prob,
+        description="softmax probability of the top token",
+        natural_label="max probability",
+        to_natural=lambda score: score,
+    ),
+    "margin": Metric(
+        name="margin",
+        fn=margin,
+        description="top-1 minus top-2 softmax probability",
+        natural_label="top-1 minus top-2 probability",
+        to_natural=lambda score: score,
+    ),
+}
+
+
+def get_metric(name: str) -> Metric:
+    """Look up a metric by name; a typo fails loudly with the valid names."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown confidence metric {name!r}; valid metrics: {', '.join(sorted(METRICS))}"
+        ) from None
+
+
+def should_exit(score: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+    """`score >= threshold` for finite scores only: a NaN (or inf) score never exits."""
+    return (score >= threshold) & torch.isfinite(score)

@@ -1,0 +1,176 @@
+"""One small interface for every decoding mode: prompt ids + settings -> ids + statistics.
+
+Every mode runs on `ExitEngine` (the layer loop with exits and the exact KV cache), so
+modes differ only in which exits they allow and how they verify, never in the model code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from earlyexit.engine import ExitEngine, StepOutput
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    max_new_tokens: int = 64
+    eos_token_id: int | None = None  # stop after emitting it (it is included in the output)
+
+
+@dataclass
+class DecodeStats:
+    """What a run did; rates are derived so they can never disagree with the counts."""
+
+    tokens: int = 0
+    forward_passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    verifications: int = 0
+    layer_rows: int = 0  # decode passes (not prefill): sum of layers computed x rows in the pass
+    exit_histogram: Counter = field(default_factory=Counter)  # exit layer -> passes
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def accepted_per_verification(self) -> float:
+        return self.accepted / self.verifications if self.verifications else float("nan")
+
+    @property
+    def layers_per_token(self) -> float:
+        """Layers computed per output token after the first (which the prefill produces)."""
+        return self.layer_rows / (self.tokens - 1) if self.tokens > 1 else float("nan")
+
+    @property
+    def tpot_s(self) -> float:
+        """Time per output token after the first."""
+        return (self.total_s - self.ttft_s) / (self.tokens - 1) if self.tokens > 1 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "forward_passes": self.forward_passes,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "verifications": self.verifications,
+            "acceptance_rate": self.acceptance_rate,
+            "accepted_per_verification": self.accepted_per_verification,
+            "layers_per_token": self.layers_per_token,
+            "exit_histogram": dict(sorted(self.exit_histogram.items())),
+            "ttft_s": self.ttft_s,
+            "tpot_s": self.tpot_s,
+            "total_s": self.total_s,
+        }
+
+
+@dataclass
+class DecodeResult:
+    ids: list[int]
+    stats: DecodeStats
+
+
+class Strategy(Protocol):
+    """A decoding mode. `exit_layers` tells the engine where its segments must end."""
+
+    name: str
+
+    @property
+    def exit_layers(self) -> list[int]: ...
+
+    def generate(
+        self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings
+    ) -> DecodeResult: ...
+
+
+class Run:
+    """Bookkeeping shared by the modes: budget, stop conditions, timing, pass statistics."""
+
+    def __init__(
+        self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings, exit_layers: list[int]
+    ) -> None:
+        prompt = torch.as_tensor(prompt).reshape(-1)
+        check_inputs(engine, prompt, settings, exit_layers)
+        engine.reset()
+        self.engine = engine
+        self.prompt = prompt
+        self.settings = settings
+        # Tokens may be generated until the sequence fills the context.
+        self.budget = min(settings.max_new_tokens, engine.max_len - prompt.numel())
+        self.ids: list[int] = []
+        self.stats = DecodeStats()
+        self._sync = engine.adapter.device.type == "cuda"
+        self._start = self._now()
+
+    def _now(self) -> float:
+        if self._sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def prefill(self) -> None:
+        """Run the prompt at full depth and emit the first token (time to first token)."""
+        out = self.engine.forward(self.prompt)
+        self.stats.forward_passes += 1
+        self.emit([greedy(out.logits)])
+
+    def forward(self, ids: torch.Tensor, exit_check=None) -> StepOutput:
+        out = self.engine.forward(ids, exit_check)
+        self.stats.forward_passes += 1
+        self.stats.layer_rows += out.layer_rows
+        self.stats.exit_histogram[out.exit_layer] += 1
+        return out
+
+    @property
+    def done(self) -> bool:
+        eos = self.settings.eos_token_id
+        return len(self.ids) >= self.budget or (eos is not None and bool(self.ids) and self.ids[-1] == eos)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - len(self.ids)
+
+    def emit(self, tokens: list[int]) -> None:
+        """Append tokens, stopping at EOS or the budget."""
+        first = not self.ids
+        for tok in tokens:
+            if self.done:
+                break
+            self.ids.append(int(tok))
+        if first and self.ids:
+            self.stats.ttft_s = self._now() - self._start
+
+    def finish(self) -> DecodeResult:
+        self.stats.total_s = self._now() - self._start
+        self.stats.tokens = len(self.ids)
+        return DecodeResult(self.ids, self.stats)
+
+
+def check_inputs(
+    engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings, exit_layers: list[int]
+) -> None:
+    """Clear errors before any decoding starts."""
+    missing = sorted(set(exit_layers) - set(engine.exit_layers))
+    if missing:
+        raise ValueError(
+            f"the engine's segments do not end at exit layers {missing} (engine exit layers: "
+            f"{engine.exit_layers}); build it with ExitEngine(adapter, exit_layers=strategy.exit_layers)"
+        )
+    if prompt.numel() == 0:
+        raise ValueError("empty prompt: give at least one token")
+    if prompt.numel() >= engine.max_len:
+        raise ValueError(
+            f"prompt of {prompt.numel()} tokens leaves no room in the context of {engine.max_len} tokens"
+        )
+    if settings.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+
+
+def greedy(logits: torch.Tensor) -> int:
+    return int(logits.argmax(-1))

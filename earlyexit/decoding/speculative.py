@@ -1,0 +1,54 @@
+"""Self-speculative draft-and-verify over the exit engine (greedy, lossless).
+
+Drafting feeds one token at a time with an exit policy; each exit yields a draft and
+leaves its token pending in the engine. The first pass that reaches full depth carries
+every pending draft through the remaining layers, reusing their K/V below the exit and
+their exit hidden states, and so *is* the verification: its final logits check each
+draft. A pass reaches full depth either because no head fired (DSSD: that token comes
+from the full model) or because the draft budget is spent (the last draft is then fed
+without exits). Greedy prefix match; the first mismatch is replaced by the full model's
+token; a bonus token comes when all drafts match; rejected positions are rolled back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
+from earlyexit.engine import ExitCheck, ExitEngine
+
+
+def speculative_generate(
+    engine: ExitEngine,
+    prompt: torch.Tensor,
+    settings: DecodeSettings,
+    draft_policy: ExitCheck,
+    max_draft: int,
+    exit_layers: list[int],
+) -> DecodeResult:
+    run = Run(engine, prompt, settings, exit_layers)
+    run.prefill()
+    while not run.done:
+        base = engine.length  # position of the last emitted token, not yet in the cache
+        limit = min(max_draft, run.remaining)
+        token = run.ids[-1]
+        drafts: list[int] = []
+        while True:
+            may_draft = len(drafts) < limit and token != settings.eos_token_id
+            out = run.forward(torch.tensor([token]), draft_policy if may_draft else None)
+            if out.final_logits is not None:
+                break  # full depth: this pass verified every pending draft
+            token = greedy(out.logits)
+            drafts.append(token)
+        # Row i of the final logits sits at position base + i and predicts the next token.
+        assert out.final_positions[0] == base and len(out.final_positions) == len(drafts) + 1
+        targets = out.final_logits.argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+            accepted += 1
+        run.stats.drafted += len(drafts)
+        run.stats.accepted += accepted
+        run.stats.verifications += bool(drafts)
+        engine.truncate(base + accepted + 1)  # keep the verified tokens' K/V, drop the rest
+        run.emit([*drafts[:accepted], targets[accepted]])
+    return run.finish()

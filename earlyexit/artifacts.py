@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from earlyexit.adapter import ModelAdapter
+from earlyexit.heads import HeadSet, HeadSpec
 from earlyexit.loading import EMBEDDED_MODEL_DIR
+from earlyexit.train import TrainConfig, train_heads
+
+log = logging.getLogger(__name__)
 
 SHIPPED_DIR = EMBEDDED_MODEL_DIR / "heads"
 
@@ -35,3 +43,29 @@ def artifact_path(cache_dir: str | Path, kind: str, key: str, suffix: str, ident
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{key}.json").write_text(json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n")
     return root / f"{key}{suffix}"
+
+
+def prepare_heads(
+    adapter: ModelAdapter,
+    spec: HeadSpec,
+    tcfg: TrainConfig,
+    source: str,
+    train_stream: torch.Tensor,
+    cache_dir: str | Path,
+) -> tuple[HeadSet, Path | None]:
+    """Load heads from the artifact cache, or train them and store them there."""
+    identity = {"model": adapter.model_id, "spec": spec, "train": tcfg, "data": source}
+    if spec.architecture == "shared":
+        return HeadSet(adapter, spec), None
+    key = artifact_key(**identity)
+    found = find_artifact(cache_dir, "heads", key, ".safetensors")
+    if found is not None:
+        log.info("heads: cached %s", found)
+        return HeadSet.load(found, adapter), found
+    heads = HeadSet(adapter, spec)
+    path = artifact_path(cache_dir, "heads", key, ".safetensors", identity)
+    train_heads(adapter, heads, train_stream, tcfg, checkpoint=path.with_suffix(".ckpt"))
+    heads.save(path)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    log.info("heads: trained and stored %s", path)
+    return heads, path

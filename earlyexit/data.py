@@ -31,9 +31,14 @@ def load_documents(source: str, split: str = "train", text_field: str = "text") 
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
         return [p.read_text(encoding="utf-8", errors="replace") for p in files]
-    if "/" in source or not path.suffix:
-        return _hf_dataset_documents(source, split, text_field)
-    raise FileNotFoundError(f"text source {source!r} is not 'stdlib', an existing path, or a dataset name")
+    if _looks_like_path(source):
+        raise FileNotFoundError(f"text source {source!r} does not exist")
+    return _hf_dataset_documents(source, split, text_field)
+
+
+def _looks_like_path(source: str) -> bool:
+    """Paths start with / . ~ or name a file; dataset names ("org/name[:config]") do neither."""
+    return source.startswith(("/", ".", "~")) or Path(source).suffix in TEXT_SUFFIXES
 
 
 def _hf_dataset_documents(name: str, split: str, text_field: str) -> list[str]:

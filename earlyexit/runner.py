@@ -16,15 +16,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from earlyexit.adapter import ModelAdapter, get_adapter
-from earlyexit.artifacts import artifact_key, artifact_path, find_artifact
+from earlyexit.adapter import get_adapter
+from earlyexit.artifacts import prepare_heads
 from earlyexit.calibrate import calibrate, heldout_check, separation_report, validate_targets
 from earlyexit.confidence import get_metric
 from earlyexit.data import token_streams
 from earlyexit.head_stats import collect_head_stats, exit_shares
-from earlyexit.heads import HeadSet, HeadSpec, head_cost_ratio, place_heads
+from earlyexit.heads import HeadSpec, head_cost_ratio, place_heads
 from earlyexit.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
-from earlyexit.train import TrainConfig, head_agreement, train_heads
+from earlyexit.train import TrainConfig, head_agreement
 
 log = logging.getLogger(__name__)
 DTYPES = {
@@ -64,33 +64,13 @@ def validate(cfg: DictConfig) -> None:
     train_config(cfg).validate()
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
+    # Placement names and counts are checked even when the layer count is not known offline
+    # (a hub model not loaded yet); layer bounds are checked whenever it is.
     num_layers = known_num_layers(cfg.model.name)
-    if num_layers is not None:
-        try:
-            head_layers(cfg, num_layers)
-        except ValueError as err:
-            raise ValueError(f"heads: {err}") from None
-
-
-def prepare_heads(
-    adapter: ModelAdapter, spec: HeadSpec, tcfg: TrainConfig, source: str, train_stream, cache_dir: str
-) -> tuple[HeadSet, Path | None]:
-    """Load heads from the artifact cache, or train them and store them there."""
-    identity = {"model": adapter.model_id, "spec": spec, "train": tcfg, "data": source}
-    if spec.architecture == "shared":
-        return HeadSet(adapter, spec), None
-    key = artifact_key(**identity)
-    found = find_artifact(cache_dir, "heads", key, ".safetensors")
-    if found is not None:
-        log.info("heads: cached %s", found)
-        return HeadSet.load(found, adapter), found
-    heads = HeadSet(adapter, spec)
-    path = artifact_path(cache_dir, "heads", key, ".safetensors", identity)
-    train_heads(adapter, heads, train_stream, tcfg, checkpoint=path.with_suffix(".ckpt"))
-    heads.save(path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
-    log.info("heads: trained and stored %s", path)
-    return heads, path
+    try:
+        head_layers(cfg, num_layers or 1_000_000)
+    except ValueError as err:
+        raise ValueError(f"heads: {err}") from None
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -146,6 +126,9 @@ def _jsonable(x: Any) -> Any:
 def format_summary(summary: dict, shares: pd.DataFrame) -> str:
     sep = pd.DataFrame(summary["separation"]).pivot(index="layer", columns="metric", values="auroc")
     agree = pd.Series(summary["heldout_agreement"], name="agreement")
+    check = pd.DataFrame(summary["heldout_check"]).pivot(
+        index="target", columns="layer", values="heldout_agreement"
+    )
     cost = summary["head_cost"]
     lines = [
         f"model {summary['model']}  layers {summary['num_layers']}  heads {summary['architecture']} "
@@ -156,6 +139,9 @@ def format_summary(summary: dict, shares: pd.DataFrame) -> str:
         "",
         "AUROC of each metric for predicting agreement (higher separates better):",
         sep.to_string(float_format="%.3f"),
+        "",
+        "calibration check: agreement achieved on held-out tokens that pass each head's threshold",
+        check.to_string(float_format="%.3f"),
         "",
         f"share of held-out tokens leaving at each head, metric {summary['metric']}:",
         shares.to_string(float_format="%.3f"),

@@ -1,0 +1,225 @@
+"""Decoding benchmark (not a test): every mode on a fixed, seeded prompt set.
+
+    python scripts/benchmark_decoding.py                        # embedded model, its shipped heads
+    python scripts/benchmark_decoding.py --random-weights pythia-160m --device cuda --dtype float16
+
+Prints and stores (JSON, under benchmarks/results/) tokens/s, time per output token and
+the ratio to `full` and to transformers' `generate`, per-component times (one layer, one
+head, one verification pass) and the bandwidth roofline, with machine, dtype and versions.
+Random-weight Pythia shapes have meaningless exits, so only full, layerskip (a fixed
+pattern whose cost is real) and the components are timed there. Timings are eager
+PyTorch; CUDA-graph capture of segments is not implemented yet (the engine's segments
+are shaped for it). Kept free of Hydra, pandas and lm-eval so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPTNeoXForCausalLM
+
+from earlyexit.adapter import get_adapter
+from earlyexit.baselines import hf_generate, hf_layerskip
+from earlyexit.calibrate import calibrate
+from earlyexit.data import token_streams
+from earlyexit.decoding import (
+    DecodeSettings,
+    DSSDDecoding,
+    EarlyExitDecoding,
+    FullDecoding,
+    LayerSkipDecoding,
+)
+from earlyexit.engine import ExitEngine
+from earlyexit.head_stats import collect_head_stats
+from earlyexit.heads import HeadSet, HeadSpec, place_heads
+from earlyexit.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
+from earlyexit.policy import ThresholdPolicy
+from earlyexit.timing import copy_bandwidth, environment, synchronize, time_call
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def build(args):
+    """(adapter, heads, prompts, thresholds or None)."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        model = GPTNeoXForCausalLM(pythia_config(args.random_weights, attn_implementation="sdpa"))
+        model = model.to(device=device, dtype=dtype).eval()
+        adapter = get_adapter(model)
+        heads = HeadSet(adapter, HeadSpec("shared", tuple(place_heads(adapter.num_layers, "even", n=4))))
+        prompts = [torch.randint(0, 50000, (args.prompt_len,), generator=gen) for _ in range(args.prompts)]
+        return adapter, heads, prompts, None
+    model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
+    adapter = get_adapter(model)
+    head_file = args.heads or next(iter(sorted((EMBEDDED_MODEL_DIR / "heads").glob("*.safetensors"))), None)
+    if head_file is None:
+        raise SystemExit("no heads: pass --heads FILE (e.g. from the runner's artifacts/heads cache)")
+    heads = HeadSet.load(head_file, adapter)
+    _, calib, heldout = token_streams(tokenizer, args.data)
+    stats = collect_head_stats(adapter, heads, calib, 128, 8192, metrics=(args.metric,), progress=False)
+    cal = calibrate(stats.scores[args.metric], stats.agree, args.metric, [args.target])
+    starts = torch.randint(0, len(heldout) - args.prompt_len, (args.prompts,), generator=gen)
+    prompts = [heldout[s : s + args.prompt_len] for s in starts.tolist()]
+    return adapter, heads, prompts, cal.thresholds_for(args.target)
+
+
+def modes(heads, thresholds, args):
+    exit_layer = heads.layers[args.layerskip_head]
+    out = {"full": FullDecoding(), "layerskip": LayerSkipDecoding(heads, exit_layer, args.draft_length)}
+    if thresholds is not None:
+        policy = ThresholdPolicy(heads, args.metric, thresholds)
+        out["early-exit"] = EarlyExitDecoding(policy)
+        out["dssd"] = DSSDDecoding(policy, max_draft=args.max_draft)
+    return out
+
+
+def run_mode(strategy, adapter, prompts, settings, repeats):
+    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers)
+    strategy.generate(engine, prompts[0], settings)  # warm-up
+    per_prompt, outputs, stats = [], [], []
+    for prompt in prompts:
+        runs = [strategy.generate(engine, prompt, settings) for _ in range(repeats)]
+        best = sorted(runs, key=lambda r: r.stats.total_s)[len(runs) // 2]  # median run
+        per_prompt.append(best.stats)
+        outputs.append(best.ids)
+        stats.append(best.stats.as_dict())
+    tokens = sum(s.tokens for s in per_prompt)
+    total = sum(s.total_s for s in per_prompt)
+    drafted = sum(s.drafted for s in per_prompt)
+    return outputs, {
+        "tokens_per_s": tokens / total,
+        "tpot_ms": 1e3 * statistics.median(s.tpot_s for s in per_prompt),
+        "ttft_ms": 1e3 * statistics.median(s.ttft_s for s in per_prompt),
+        "acceptance_rate": sum(s.accepted for s in per_prompt) / drafted if drafted else None,
+        "layers_per_token": statistics.mean(s.layers_per_token for s in per_prompt),
+        "tokens": tokens,
+    }
+
+
+def run_hf(adapter, prompts, settings, repeats):
+    model, device = adapter.model, adapter.device
+    hf_generate(model, prompts[0], settings.max_new_tokens)  # warm-up
+    times, outputs = [], []
+    for prompt in prompts:
+        t = time_call(lambda p=prompt: hf_generate(model, p, settings.max_new_tokens), device, 0, repeats)
+        times.append(t["median_s"])
+        outputs.append(hf_generate(model, prompt, settings.max_new_tokens).ids)
+    tokens = settings.max_new_tokens * len(prompts)
+    return outputs, {"tokens_per_s": tokens / sum(times), "tpot_ms": 1e3 * sum(times) / tokens}
+
+
+@torch.no_grad()
+def components(adapter, heads, args) -> dict:
+    """Eager per-component times at a mid-length context: what the cost model is made of."""
+    device = adapter.device
+    engine = ExitEngine(adapter, exit_layers=heads.layers)
+    ctx = args.prompt_len
+    engine.forward(torch.randint(0, 100, (ctx,)))
+    hidden = torch.randn(1, adapter.hidden_size, device=device, dtype=adapter.dtype)
+    L, E, K = adapter.num_layers, heads.layers[args.layerskip_head], args.draft_length
+    timed = {
+        "one_layer": lambda: engine._run_segment(0, 0, hidden, [ctx]),
+        "all_layers": lambda: engine._run_segment(0, L - 1, hidden, [ctx]),
+        "head": lambda: heads(E, hidden),
+        "unembed": lambda: adapter.unembed(adapter.final_norm(hidden)),
+        f"verify_{K + 1}_rows_layers_{E + 1}_to_{L - 1}": lambda: engine._run_segment(
+            E + 1, L - 1, hidden.expand(K + 1, -1).contiguous(), list(range(ctx, ctx + K + 1))
+        ),
+        "decode_step_full": lambda: (engine.truncate(ctx), engine.forward(torch.tensor([1]))),
+    }
+    return {
+        name: 1e3 * time_call(fn, device, 3, args.component_repeats)["median_s"] for name, fn in timed.items()
+    }
+
+
+def weight_bytes_per_token(adapter) -> int:
+    layers = sum(p.numel() * p.element_size() for p in adapter.layers.parameters())
+    unembed = adapter.unembed.weight.numel() * adapter.unembed.weight.element_size()
+    return layers + unembed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--random-weights", metavar="PYTHIA", help="e.g. pythia-160m: its shape, random weights")
+    p.add_argument("--heads", type=Path, help="head file (default: the embedded model's shipped heads)")
+    p.add_argument("--data", default="stdlib", help="text for calibration and prompts")
+    p.add_argument("--metric", default="entropy")
+    p.add_argument("--target", type=float, default=0.8, help="calibration target for early-exit and dssd")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--component-repeats", type=int, default=50)
+    p.add_argument(
+        "--layerskip-head", type=int, default=-1, help="index into the head layers for layerskip's E"
+    )
+    p.add_argument("--draft-length", type=int, default=4)
+    p.add_argument("--max-draft", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+
+    adapter, heads, prompts, thresholds = build(args)
+    settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
+    results, outputs = {}, {}
+    for name, strategy in modes(heads, thresholds, args).items():
+        outputs[name], results[name] = run_mode(strategy, adapter, prompts, settings, args.repeats)
+        print(
+            f"{name:12s} {results[name]['tokens_per_s']:9.1f} tok/s  {results[name]['tpot_ms']:7.2f} ms/token"
+        )
+    outputs["hf-generate"], results["hf-generate"] = run_hf(adapter, prompts, settings, args.repeats)
+    print(f"{'hf-generate':12s} {results['hf-generate']['tokens_per_s']:9.1f} tok/s")
+    for r in results.values():
+        r["speedup_vs_full"] = r["tokens_per_s"] / results["full"]["tokens_per_s"]
+        r["speedup_vs_hf_generate"] = r["tokens_per_s"] / results["hf-generate"]["tokens_per_s"]
+    lossless = {
+        n: outputs[n] == outputs["full"] for n in ("layerskip", "dssd", "hf-generate") if n in outputs
+    }
+    layerskip_hf = hf_layerskip(adapter.model, prompts[0], 8, heads.layers[args.layerskip_head])
+    synchronize(adapter.device)
+    bandwidth = copy_bandwidth(adapter.device)
+    wbytes = weight_bytes_per_token(adapter)
+    record = {
+        "model": args.random_weights or adapter.model_id,
+        "weights": "random" if args.random_weights else "trained",
+        "environment": environment(adapter.device, adapter.dtype),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "head_layers": heads.layers,
+        "thresholds": thresholds,
+        "modes": results,
+        "outputs_equal_full": lossless,
+        "hf_layerskip": {"status": layerskip_hf.status, "reason": layerskip_hf.reason},
+        "components_ms": components(adapter, heads, args),
+        "roofline": {
+            "weight_bytes_per_token": wbytes,
+            "copy_bandwidth_GBps": bandwidth / 1e9,
+            "roofline_ms_per_token": 1e3 * wbytes / bandwidth,
+        },
+        "cuda_graphs": "not implemented",
+        "unix_time": int(time.time()),
+    }
+    print(
+        json.dumps(
+            {k: record[k] for k in ("outputs_equal_full", "hf_layerskip", "components_ms", "roofline")},
+            indent=1,
+        )
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = record["environment"]
+    name = f"{env['device']}-{record['model'].replace('/', '_')}-{env['dtype']}.json"
+    (args.out / name).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"stored {args.out / name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from earlyexit.adapter import ModelAdapter
+from earlyexit.flops import attention_flops, linear_flops, unembed_flops
 from earlyexit.kv_cache import StaticKVCache
 
 # Called with (exit layer, hidden state of the newest token after that layer); returns
@@ -45,6 +46,7 @@ class StepOutput:
     final_logits: torch.Tensor | None = None  # [rows, V] when the pass reached full depth
     final_positions: list[int] = field(default_factory=list)  # positions of those rows
     layer_rows: int = 0  # sum over computed layers of rows processed (cost accounting)
+    flops: int = 0  # analytic FLOPs of this pass (layers, attention, unembedding; heads count their own)
 
 
 class ExitEngine:
@@ -76,6 +78,8 @@ class ExitEngine:
         )
         self.length = 0
         self.pending: list[Pending] = []
+        self._layer_flops = [linear_flops(layer) for layer in adapter.layers]
+        self._pass_flops = 0
 
     def reset(self) -> None:
         """Forget the sequence (buffers are reused; stale entries are never attended)."""
@@ -108,6 +112,7 @@ class ExitEngine:
         positions = list(range(self.length, self.length + n))
         hidden = adapter.embed(ids.to(adapter.device))  # [n, d]
         layer_rows = 0
+        self._pass_flops = 0
         for start, end in self.segments:
             joiners = [p for p in self.pending if p.layer == start - 1]
             if joiners:
@@ -125,8 +130,9 @@ class ExitEngine:
                 if logits is not None:
                     self.pending.extend(Pending(p, end, h) for p, h in zip(positions, hidden, strict=True))
                     self.length += n
-                    return StepOutput(logits=logits, exit_layer=end, layer_rows=layer_rows)
+                    return StepOutput(logits, end, layer_rows=layer_rows, flops=self._pass_flops)
         final = adapter.unembed(adapter.final_norm(hidden))
+        self._pass_flops += unembed_flops(adapter) * len(positions)
         self.length += n
         return StepOutput(
             logits=final[-1],
@@ -134,6 +140,7 @@ class ExitEngine:
             final_logits=final,
             final_positions=positions,
             layer_rows=layer_rows,
+            flops=self._pass_flops,
         )
 
     def _run_segment(self, start: int, end: int, hidden: torch.Tensor, positions: list[int]) -> torch.Tensor:
@@ -149,4 +156,8 @@ class ExitEngine:
         pos_emb = adapter.position_embeddings(h, pos)
         for index in range(start, end + 1):
             h = adapter.run_layer(index, h, mask, pos_emb, cache)
+        per_row = sum(self._layer_flops[start : end + 1]) + (end - start + 1) * attention_flops(
+            adapter, cache.kv_len
+        )
+        self._pass_flops += per_row * len(positions)
         return h[0]

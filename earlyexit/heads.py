@@ -139,6 +139,7 @@ class HeadSet(nn.Module):
         self._backbone = (adapter.final_norm, adapter.unembed)
         init = adapter.unembed.weight.detach().float().cpu()
         self.heads = nn.ModuleDict({str(k): self._build(init) for k in spec.layers})
+        self.flops = 0  # analytic FLOPs of every head evaluation so far (see earlyexit/flops.py)
         if spec.architecture != "shared":
             self.to(device=adapter.device, dtype=adapter.dtype)
 
@@ -160,6 +161,7 @@ class HeadSet(nn.Module):
     def forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the head at `layer` for hidden states `[..., d]` taken after that layer."""
         norm, unembed = self._backbone
+        self.flops += 2 * self.cost_per_token()["macs"] * (hidden.numel() // hidden.shape[-1])
         x = norm(hidden)
         if self.spec.architecture == "shared":
             return unembed(x)

@@ -12,7 +12,14 @@ from transformers import (
 )
 
 
-def tiny_gpt_neox(layers: int = 6, hidden: int = 32, vocab: int = 97, seed: int = 0, parallel: bool = True):
+def tiny_gpt_neox(
+    layers: int = 6,
+    hidden: int = 32,
+    vocab: int = 97,
+    seed: int = 0,
+    parallel: bool = True,
+    attn: str = "sdpa",
+):
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
         vocab_size=vocab,
@@ -24,12 +31,12 @@ def tiny_gpt_neox(layers: int = 6, hidden: int = 32, vocab: int = 97, seed: int 
         rotary_pct=0.25,
         use_parallel_residual=parallel,
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
+        attn_implementation=attn,
     )
     return GPTNeoXForCausalLM(config).double().eval()
 
 
-def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 97, seed: int = 0):
+def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 97, seed: int = 0, attn: str = "sdpa"):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab,
@@ -39,7 +46,7 @@ def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 97, seed: int = 0
         num_key_value_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        attn_implementation="sdpa",
+        attn_implementation=attn,
     )
     return LlamaForCausalLM(config).double().eval()
 

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from earlyexit.engine import ExitEngine, StepOutput
+from earlyexit.heads import HeadSet
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class DecodeStats:
     accepted: int = 0
     verifications: int = 0
     layer_rows: int = 0  # decode passes (not prefill): sum of layers computed x rows in the pass
+    flops: int = 0  # decode passes (not prefill): analytic FLOPs of layers, attention, unembedding, heads
     exit_histogram: Counter = field(default_factory=Counter)  # exit layer -> passes
     ttft_s: float = 0.0
     total_s: float = 0.0
@@ -50,6 +52,11 @@ class DecodeStats:
         return self.layer_rows / (self.tokens - 1) if self.tokens > 1 else float("nan")
 
     @property
+    def flops_per_token(self) -> float:
+        """Analytic FLOPs per output token after the first, rejected drafts included."""
+        return self.flops / (self.tokens - 1) if self.tokens > 1 else float("nan")
+
+    @property
     def tpot_s(self) -> float:
         """Time per output token after the first."""
         return (self.total_s - self.ttft_s) / (self.tokens - 1) if self.tokens > 1 else float("nan")
@@ -64,6 +71,7 @@ class DecodeStats:
             "acceptance_rate": self.acceptance_rate,
             "accepted_per_verification": self.accepted_per_verification,
             "layers_per_token": self.layers_per_token,
+            "flops_per_token": self.flops_per_token,
             "exit_histogram": dict(sorted(self.exit_histogram.items())),
             "ttft_s": self.ttft_s,
             "tpot_s": self.tpot_s,
@@ -94,7 +102,12 @@ class Run:
     """Bookkeeping shared by the modes: budget, stop conditions, timing, pass statistics."""
 
     def __init__(
-        self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings, exit_layers: list[int]
+        self,
+        engine: ExitEngine,
+        prompt: torch.Tensor,
+        settings: DecodeSettings,
+        exit_layers: list[int],
+        heads: HeadSet | None = None,
     ) -> None:
         prompt = torch.as_tensor(prompt).reshape(-1)
         check_inputs(engine, prompt, settings, exit_layers)
@@ -106,6 +119,7 @@ class Run:
         self.budget = min(settings.max_new_tokens, engine.max_len - prompt.numel())
         self.ids: list[int] = []
         self.stats = DecodeStats()
+        self.heads = heads
         self._sync = engine.adapter.device.type == "cuda"
         self._start = self._now()
 
@@ -119,11 +133,13 @@ class Run:
         out = self.engine.forward(self.prompt)
         self.stats.forward_passes += 1
         self.emit([greedy(out.logits)])
+        self._head_flops0 = self.heads.flops if self.heads is not None else 0
 
     def forward(self, ids: torch.Tensor, exit_check=None) -> StepOutput:
         out = self.engine.forward(ids, exit_check)
         self.stats.forward_passes += 1
         self.stats.layer_rows += out.layer_rows
+        self.stats.flops += out.flops
         self.stats.exit_histogram[out.exit_layer] += 1
         return out
 
@@ -148,6 +164,8 @@ class Run:
 
     def finish(self) -> DecodeResult:
         self.stats.total_s = self._now() - self._start
+        if self.heads is not None:
+            self.stats.flops += self.heads.flops - self._head_flops0
         self.stats.tokens = len(self.ids)
         return DecodeResult(self.ids, self.stats)
 

@@ -28,4 +28,6 @@ class DSSDDecoding:
         return self.policy.exit_layers
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
-        return speculative_generate(engine, prompt, settings, self.policy, self.max_draft, self.exit_layers)
+        return speculative_generate(
+            engine, prompt, settings, self.policy, self.max_draft, self.exit_layers, self.policy.heads
+        )

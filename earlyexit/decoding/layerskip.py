@@ -35,5 +35,5 @@ class LayerSkipDecoding:
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
         return speculative_generate(
-            engine, prompt, settings, self._always_exit, self.draft_length, self.exit_layers
+            engine, prompt, settings, self._always_exit, self.draft_length, self.exit_layers, self.heads
         )

@@ -16,6 +16,7 @@ import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
 from earlyexit.engine import ExitCheck, ExitEngine
+from earlyexit.heads import HeadSet
 
 
 def speculative_generate(
@@ -25,8 +26,9 @@ def speculative_generate(
     draft_policy: ExitCheck,
     max_draft: int,
     exit_layers: list[int],
+    heads: HeadSet,
 ) -> DecodeResult:
-    run = Run(engine, prompt, settings, exit_layers)
+    run = Run(engine, prompt, settings, exit_layers, heads)
     run.prefill()
     while not run.done:
         base = engine.length  # position of the last emitted token, not yet in the cache

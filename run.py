@@ -1,17 +1,19 @@
-"""Hydra entry point: `python run.py [-m] model=... heads=... metric=...`."""
+"""Hydra entry point: `python run.py [-m] model=... heads=... metric=... mode=... task=...`."""
 
 from __future__ import annotations
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from earlyexit.runner import run
+from earlyexit.runner import record_run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg, output_dir=HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    record_run(cfg, output_dir=hydra_cfg.runtime.output_dir, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":

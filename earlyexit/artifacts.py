@@ -52,20 +52,35 @@ def prepare_heads(
     source: str,
     train_stream: torch.Tensor,
     cache_dir: str | Path,
-) -> tuple[HeadSet, Path | None]:
-    """Load heads from the artifact cache, or train them and store them there."""
+) -> tuple[HeadSet, str]:
+    """Load heads from the artifact cache, or train them and store them there; returns (heads, key)."""
     identity = {"model": adapter.model_id, "spec": spec, "train": tcfg, "data": source}
-    if spec.architecture == "shared":
-        return HeadSet(adapter, spec), None
     key = artifact_key(**identity)
+    if spec.architecture == "shared":
+        return HeadSet(adapter, spec), key
     found = find_artifact(cache_dir, "heads", key, ".safetensors")
     if found is not None:
         log.info("heads: cached %s", found)
-        return HeadSet.load(found, adapter), found
+        return HeadSet.load(found, adapter), key
     heads = HeadSet(adapter, spec)
     path = artifact_path(cache_dir, "heads", key, ".safetensors", identity)
     train_heads(adapter, heads, train_stream, tcfg, checkpoint=path.with_suffix(".ckpt"))
     heads.save(path)
     path.with_suffix(".ckpt").unlink(missing_ok=True)
     log.info("heads: trained and stored %s", path)
-    return heads, path
+    return heads, key
+
+
+def cached_json(cache_dir: str | Path, kind: str, identity: dict, compute) -> dict:
+    """Return the JSON artifact for `identity`, computing and storing it on a miss."""
+    key = artifact_key(**identity)
+    found = find_artifact(cache_dir, kind, key, ".result.json")
+    if found is not None:
+        log.info("%s: cached %s", kind, found)
+        return json.loads(found.read_text())
+    value = compute()
+    path = artifact_path(cache_dir, kind, key, ".result.json", identity)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+    return value

@@ -1,7 +1,9 @@
-"""One run: load the model, get heads (cached or trained), calibrate, and report.
+"""One run: heads -> calibration -> lm-eval accuracy -> decoding benchmark -> FLOPs -> one record.
 
-Everything cheap to check is checked before the model loads, so a typo in a sweep fails
-in a second, not after minutes of loading.
+Everything cheap to check is checked before the model loads, so a typo in a sweep fails in
+a second. Heads, calibrations and the full model's accuracy are cached artifacts, so a
+sweep over metric, target or mode never retrains. A finished config is skipped unless
+`force=true`; a failed one is recorded with its traceback and, in a multirun, the others go on.
 """
 
 from __future__ import annotations
@@ -9,21 +11,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import traceback
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from earlyexit.adapter import get_adapter
-from earlyexit.artifacts import prepare_heads
-from earlyexit.calibrate import calibrate, heldout_check, separation_report, validate_targets
+from earlyexit.artifacts import cached_json, prepare_heads
+from earlyexit.calibrate import Calibration, calibrate, heldout_check, separation_report, validate_targets
 from earlyexit.confidence import get_metric
 from earlyexit.data import token_streams
+from earlyexit.decoding import LOSSLESS, DecodeSettings, check_mode, make_strategy
 from earlyexit.head_stats import collect_head_stats, exit_shares
 from earlyexit.heads import HeadSpec, head_cost_ratio, place_heads
 from earlyexit.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
+from earlyexit.measure import measure_decoding, prompt_set
+from earlyexit.policy import ThresholdPolicy
+from earlyexit.report import format_summary
+from earlyexit.results import ResultStore, config_key, flatten_config, make_record
+from earlyexit.timing import environment
 from earlyexit.train import TrainConfig, head_agreement
 
 log = logging.getLogger(__name__)
@@ -56,43 +64,154 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     return TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
 
 
+def calibration_targets(cfg: DictConfig) -> tuple[float, ...]:
+    """The reported targets plus the one the decoding mode runs at."""
+    reported = validate_targets(list(cfg.calibration.targets))
+    return tuple(sorted({*reported, *validate_targets([cfg.calibration.target])}))
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any model is loaded, naming the key, the value and what is allowed."""
     get_metric(cfg.metric.name)
     HeadSpec(cfg.heads.architecture, (0,))
-    validate_targets(list(cfg.calibration.targets))
+    try:
+        calibration_targets(cfg)
+    except ValueError as err:
+        raise ValueError(f"calibration: {err}") from None
     train_config(cfg).validate()
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
+    check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
+    _positive(cfg, "bench.prompts", "bench.prompt_len", "bench.max_new_tokens", "bench.repeats")
+    if cfg.task.names:
+        from earlyexit.evaluate import validate_tasks  # lm-eval is slow to import: only when needed
+
+        validate_tasks(list(cfg.task.names))
     # Placement names and counts are checked even when the layer count is not known offline
     # (a hub model not loaded yet); layer bounds are checked whenever it is.
     num_layers = known_num_layers(cfg.model.name)
     try:
-        head_layers(cfg, num_layers or 1_000_000)
+        layers = head_layers(cfg, num_layers or 1_000_000)
     except ValueError as err:
         raise ValueError(f"heads: {err}") from None
+    exit_layer = cfg.mode.get("exit_layer")
+    if cfg.mode.name == "layerskip" and exit_layer is not None and exit_layer not in layers:
+        raise ValueError(f"mode.exit_layer={exit_layer} is not a head layer; head layers: {layers}")
+
+
+def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: bool = False) -> dict | None:
+    """Run `cfg` once and append its record to the results store; skip it if already finished."""
+    validate(cfg)
+    flat = flatten_config(cfg)
+    key = config_key(flat)
+    store = ResultStore(cfg.results.path)
+    if not cfg.force and store.finished(key):
+        log.info("config %s already finished in %s; skipping (force=true recomputes)", key, store.path)
+        return None
+    env = environment(cfg.device, DTYPES[cfg.model.dtype])
+    try:
+        summary = run(cfg, output_dir)
+    except Exception:
+        error = traceback.format_exc()
+        store.append(make_record(flat, {}, env, status="failed", error=error))
+        log.error("run failed and was recorded in %s:\n%s", store.path, error)
+        if multirun:
+            return None  # the sweep goes on
+        raise
+    store.append(make_record(flat, summary["metrics"], env, per_head=summary["per_head"]))
+    log.info("recorded run %s in %s", key, store.path)
+    return summary
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train-or-load heads, calibrate, check on held-out data; return (and print) the summary."""
+    """Heads, calibration, accuracy, decoding benchmark and FLOPs for one config; prints a summary."""
     validate(cfg)
     torch.manual_seed(cfg.seed)
+    log.info("stage 1/5: model and heads")
     model, tokenizer = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device)
     adapter = get_adapter(model)
     spec = HeadSpec(cfg.heads.architecture, tuple(head_layers(cfg, adapter.num_layers)), cfg.heads.rank)
     tcfg = train_config(cfg)
-    train, calib, heldout = token_streams(tokenizer, cfg.data.source, cfg.data.heldout_fraction)
-    heads, _ = prepare_heads(adapter, spec, tcfg, cfg.data.source, train, cfg.cache_dir)
+    source = cfg.data.source
+    train, calib, heldout = token_streams(tokenizer, source, cfg.data.heldout_fraction)
+    heads, heads_key = prepare_heads(adapter, spec, tcfg, source, train, cfg.cache_dir)
 
-    metric = cfg.metric.name
-    targets = validate_targets(list(cfg.calibration.targets))
+    log.info("stage 2/5: calibration")
+    metric, target = cfg.metric.name, float(cfg.calibration.target)
+    targets = calibration_targets(cfg)
     seq_len, max_tokens = tcfg.seq_len, cfg.calibration.max_tokens
-    cal_stats = collect_head_stats(adapter, heads, calib, seq_len, max_tokens, desc="calibration")
-    cal = calibrate(cal_stats.scores[metric], cal_stats.agree, metric, targets)
+    cal_identity = {"heads": heads_key, "metric": metric, "targets": targets, "max_tokens": max_tokens}
+
+    def compute_calibration() -> dict:
+        stats = collect_head_stats(
+            adapter, heads, calib, seq_len, max_tokens, metrics=(metric,), desc="calibration"
+        )
+        return calibrate(stats.scores[metric], stats.agree, metric, targets).to_json()
+
+    cal = Calibration.from_json(cached_json(cfg.cache_dir, "calibration", cal_identity, compute_calibration))
     held = collect_head_stats(adapter, heads, heldout, seq_len, max_tokens, desc="held-out")
-    shares = pd.DataFrame(
-        [{"target": t, **exit_shares(held, metric, cal.thresholds_for(t))} for t in targets]
-    ).set_index("target")
+    thresholds = cal.thresholds_for(target)
+    policy = ThresholdPolicy(heads, metric, thresholds)
+    shares = [{"target": t, **exit_shares(held, metric, cal.thresholds_for(t))} for t in targets]
+
+    log.info("stage 3/5: accuracy")
+    metrics: dict[str, Any] = {}
+    if cfg.task.names:
+        metrics.update(accuracy(cfg, adapter, tokenizer, policy, heads_key))
+
+    log.info("stage 4/5: decoding benchmark")
+    strategy = make_strategy(
+        cfg.mode.name,
+        heads,
+        policy,
+        cfg.mode.get("exit_layer"),
+        cfg.mode.get("draft_length", 4),
+        cfg.mode.get("max_draft", 5),
+    )
+    b = cfg.bench
+    prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
+    settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
+    full_ids, full = measure_decoding(
+        make_strategy("full"), adapter, prompts, settings, b.repeats, b.warmup, True
+    )
+    ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True)
+
+    log.info("stage 5/5: FLOPs and record")
+    metrics.update({k: v for k, v in mode.items() if k != "exit_histogram"})
+    metrics.update(
+        {f"full_{k}": v for k, v in full.items() if k not in ("exit_histogram", "prompts", "repeats")}
+    )
+    metrics["speedup"] = full["tpot_ms"] / mode["tpot_ms"]
+    metrics["flops_ratio"] = mode["flops_per_token"] / full["flops_per_token"]
+    metrics["flops_saved"] = 1 - metrics["flops_ratio"]
+    metrics["exit_histogram"] = mode["exit_histogram"]
+    metrics["outputs_equal_full"] = ids == full_ids
+    at_target = exit_shares(held, metric, thresholds)
+    metrics["heldout_early_exit_share"] = 1 - at_target["final"]
+    metrics["heldout_agreement_at_target"] = at_target["agreement"]
+    separation = separation_report(held.scores, held.agree)
+    agreement = head_agreement(adapter, heads, heldout, seq_len, max_tokens)
+    check = heldout_check(cal, held.scores[metric], held.agree)
+    per_head = {
+        layer: {
+            "threshold": thresholds[layer],
+            "agreement": agreement[layer],
+            "heldout_exit_share": at_target[f"layer_{layer}"],
+            "exits_in_decoding": mode["exit_histogram"].get(layer, 0),
+            **{f"auroc_{r['metric']}": r["auroc"] for r in separation if r["layer"] == layer},
+            "heldout_agreement_at_target": next(
+                r["heldout_agreement"] for r in check if r["layer"] == layer and r["target"] == target
+            ),
+        }
+        for layer in heads.layers
+    }
     summary = {
         "model": adapter.model_id,
         "num_layers": adapter.num_layers,
@@ -101,49 +220,56 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "head_cost": heads.cost_per_token(),
         "full_head_cost_in_layers": head_cost_ratio(adapter),
         "metric": metric,
-        "heldout_agreement": head_agreement(adapter, heads, heldout, seq_len, max_tokens),
-        "separation": separation_report(held.scores, held.agree),
+        "mode": cfg.mode.name,
+        "target": target,
+        "heldout_agreement": agreement,
+        "separation": separation,
         "calibration": cal.to_json(),
-        "heldout_check": heldout_check(cal, held.scores[metric], held.agree),
-        "exit_shares": shares.reset_index().to_dict(orient="records"),
-        "early_exit_share_at_loosest_target": 1 - shares["final"].iloc[0],
+        "heldout_check": check,
+        "exit_shares": shares,
+        "metrics": metrics,
+        "per_head": per_head,
     }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         cal.save(out / "calibration.json")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
-    print(format_summary(summary, shares))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(format_summary(summary))
     return summary
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
+def accuracy(
+    cfg: DictConfig, adapter, tokenizer, policy: ThresholdPolicy, heads_key: str
+) -> dict[str, float]:
+    """lm-eval scores of the early-exit model and of the full model (cached), and their delta.
 
+    Lossless modes (full, layerskip, dssd) produce the full model's tokens, proven in the
+    tests, so their accuracy is the full model's and is not evaluated twice.
+    """
+    from earlyexit.evaluate import EarlyExitLM, evaluate  # lm-eval is slow to import
 
-def format_summary(summary: dict, shares: pd.DataFrame) -> str:
-    sep = pd.DataFrame(summary["separation"]).pivot(index="layer", columns="metric", values="auroc")
-    agree = pd.Series(summary["heldout_agreement"], name="agreement")
-    check = pd.DataFrame(summary["heldout_check"]).pivot(
-        index="target", columns="layer", values="heldout_agreement"
-    )
-    cost = summary["head_cost"]
-    lines = [
-        f"model {summary['model']}  layers {summary['num_layers']}  heads {summary['architecture']} "
-        f"at {summary['head_layers']}  (one head = {cost['layers_equivalent']:.2f} layers)",
-        "",
-        "held-out agreement of each head with the final layer:",
-        agree.to_string(float_format="%.3f"),
-        "",
-        "AUROC of each metric for predicting agreement (higher separates better):",
-        sep.to_string(float_format="%.3f"),
-        "",
-        "calibration check: agreement achieved on held-out tokens that pass each head's threshold",
-        check.to_string(float_format="%.3f"),
-        "",
-        f"share of held-out tokens leaving at each head, metric {summary['metric']}:",
-        shares.to_string(float_format="%.3f"),
-    ]
-    return "\n".join(lines)
+    tasks, limit = list(cfg.task.names), cfg.task.limit
+    offline = cfg.task.get("offline")
+
+    def full_scores() -> dict:
+        return evaluate(EarlyExitLM(adapter, tokenizer, None), tasks, limit, offline, cache_dir=cfg.cache_dir)
+
+    identity = {"model": adapter.model_id, "tasks": tasks, "limit": limit, "offline": offline}
+    full = cached_json(cfg.cache_dir, "accuracy", identity, full_scores)
+    if cfg.mode.name in LOSSLESS:
+        early = full
+    else:
+        early = evaluate(
+            EarlyExitLM(adapter, tokenizer, policy), tasks, limit, offline, cache_dir=cfg.cache_dir
+        )
+    out = {}
+    for task, scores in full.items():
+        for name, value in scores.items():
+            if name.endswith("_stderr"):
+                continue
+            mine = early.get(task, {}).get(name, math.nan)
+            out[f"acc.{task}.{name}"] = mine
+            out[f"acc_full.{task}.{name}"] = value
+            out[f"acc_delta.{task}.{name}"] = mine - value
+    return out

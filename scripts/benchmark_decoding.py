@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from earlyexit.engine import ExitEngine
 from earlyexit.head_stats import collect_head_stats
 from earlyexit.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
+from earlyexit.measure import measure_decoding, prompt_set
 from earlyexit.policy import ThresholdPolicy
 from earlyexit.timing import copy_bandwidth, environment, synchronize, time_call
 
@@ -65,8 +65,7 @@ def build(args):
     _, calib, heldout = token_streams(tokenizer, args.data)
     stats = collect_head_stats(adapter, heads, calib, 128, 8192, metrics=(args.metric,), progress=False)
     cal = calibrate(stats.scores[args.metric], stats.agree, args.metric, [args.target])
-    starts = torch.randint(0, len(heldout) - args.prompt_len, (args.prompts,), generator=gen)
-    prompts = [heldout[s : s + args.prompt_len] for s in starts.tolist()]
+    prompts = prompt_set(heldout, args.prompts, args.prompt_len, args.seed)
     return adapter, heads, prompts, cal.thresholds_for(args.target)
 
 
@@ -78,29 +77,6 @@ def modes(heads, thresholds, args):
         out["early-exit"] = EarlyExitDecoding(policy)
         out["dssd"] = DSSDDecoding(policy, max_draft=args.max_draft)
     return out
-
-
-def run_mode(strategy, adapter, prompts, settings, repeats):
-    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers)
-    strategy.generate(engine, prompts[0], settings)  # warm-up
-    per_prompt, outputs, stats = [], [], []
-    for prompt in prompts:
-        runs = [strategy.generate(engine, prompt, settings) for _ in range(repeats)]
-        best = sorted(runs, key=lambda r: r.stats.total_s)[len(runs) // 2]  # median run
-        per_prompt.append(best.stats)
-        outputs.append(best.ids)
-        stats.append(best.stats.as_dict())
-    tokens = sum(s.tokens for s in per_prompt)
-    total = sum(s.total_s for s in per_prompt)
-    drafted = sum(s.drafted for s in per_prompt)
-    return outputs, {
-        "tokens_per_s": tokens / total,
-        "tpot_ms": 1e3 * statistics.median(s.tpot_s for s in per_prompt),
-        "ttft_ms": 1e3 * statistics.median(s.ttft_s for s in per_prompt),
-        "acceptance_rate": sum(s.accepted for s in per_prompt) / drafted if drafted else None,
-        "layers_per_token": statistics.mean(s.layers_per_token for s in per_prompt),
-        "tokens": tokens,
-    }
 
 
 def run_hf(adapter, prompts, settings, repeats):
@@ -173,7 +149,7 @@ def main() -> None:
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
     results, outputs = {}, {}
     for name, strategy in modes(heads, thresholds, args).items():
-        outputs[name], results[name] = run_mode(strategy, adapter, prompts, settings, args.repeats)
+        outputs[name], results[name] = measure_decoding(strategy, adapter, prompts, settings, args.repeats)
         print(
             f"{name:12s} {results[name]['tokens_per_s']:9.1f} tok/s  {results[name]['tpot_ms']:7.2f} ms/token"
         )

@@ -3,13 +3,15 @@
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, DecodeStats, Strategy
 from earlyexit.decoding.dssd import DSSDDecoding
 from earlyexit.decoding.early_exit import EarlyExitDecoding
+from earlyexit.decoding.factory import LOSSLESS, MODES, check_mode, make_strategy
 from earlyexit.decoding.full import FullDecoding
 from earlyexit.decoding.layerskip import LayerSkipDecoding
 
-MODES = ("full", "early-exit", "layerskip", "dssd")
-
 __all__ = [
+    "LOSSLESS",
     "MODES",
+    "check_mode",
+    "make_strategy",
     "DSSDDecoding",
     "DecodeResult",
     "DecodeSettings",

@@ -1,0 +1,45 @@
+"""Build a decoding strategy by name, with the settings a config gives it."""
+
+from __future__ import annotations
+
+from earlyexit.decoding.base import Strategy
+from earlyexit.decoding.dssd import DSSDDecoding
+from earlyexit.decoding.early_exit import EarlyExitDecoding
+from earlyexit.decoding.full import FullDecoding
+from earlyexit.decoding.layerskip import LayerSkipDecoding
+from earlyexit.heads import HeadSet
+from earlyexit.policy import ThresholdPolicy
+
+MODES = ("full", "early-exit", "layerskip", "dssd")
+LOSSLESS = ("full", "layerskip", "dssd")
+
+
+def check_mode(name: str, draft_length: int = 4, max_draft: int = 5) -> None:
+    """Reject a bad mode or setting before any model loads."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; valid: {', '.join(MODES)}")
+    if name == "layerskip" and draft_length < 1:
+        raise ValueError(f"mode.draft_length must be >= 1, got {draft_length}")
+    if name == "dssd" and max_draft < 1:
+        raise ValueError(f"mode.max_draft must be >= 1, got {max_draft}")
+
+
+def make_strategy(
+    name: str,
+    heads: HeadSet | None = None,
+    policy: ThresholdPolicy | None = None,
+    exit_layer: int | None = None,
+    draft_length: int = 4,
+    max_draft: int = 5,
+) -> Strategy:
+    """`exit_layer=None` picks the deepest head for layerskip."""
+    check_mode(name, draft_length, max_draft)
+    if name == "full":
+        return FullDecoding()
+    if name == "layerskip":
+        if heads is None:
+            raise ValueError("mode layerskip needs heads")
+        return LayerSkipDecoding(heads, heads.layers[-1] if exit_layer is None else exit_layer, draft_length)
+    if policy is None:
+        raise ValueError(f"mode {name} needs calibrated thresholds (a ThresholdPolicy)")
+    return EarlyExitDecoding(policy) if name == "early-exit" else DSSDDecoding(policy, max_draft)

@@ -1,0 +1,75 @@
+"""Decoding latency on a fixed prompt set: warm-up excluded, median of repeats, spread kept.
+
+Shared by the runner and scripts/benchmark_decoding.py so both report the same numbers.
+Time to first token and time per output token are reported separately (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+import torch
+from tqdm.auto import tqdm
+
+from earlyexit.adapter import ModelAdapter
+from earlyexit.decoding import DecodeSettings, Strategy
+from earlyexit.engine import ExitEngine
+
+
+def prompt_set(stream: torch.Tensor, n: int, length: int, seed: int) -> list[torch.Tensor]:
+    """`n` seeded windows of `length` tokens from a held-out stream."""
+    if len(stream) <= length:
+        raise ValueError(f"held-out stream of {len(stream)} tokens is too short for {length}-token prompts")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - length, (n,), generator=gen).tolist()
+    return [stream[s : s + length] for s in starts]
+
+
+def measure_decoding(
+    strategy: Strategy,
+    adapter: ModelAdapter,
+    prompts: list[torch.Tensor],
+    settings: DecodeSettings,
+    repeats: int = 3,
+    warmup: int = 1,
+    progress: bool = False,
+) -> tuple[list[list[int]], dict]:
+    """Generated ids per prompt and aggregate statistics (per-prompt medians over repeats)."""
+    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers)
+    for _ in range(warmup):
+        strategy.generate(engine, prompts[0], settings)
+    outputs, runs = [], []
+    for prompt in tqdm(prompts, desc=f"benchmark {strategy.name}", disable=not progress):
+        results = sorted(
+            (strategy.generate(engine, prompt, settings) for _ in range(repeats)),
+            key=lambda r: r.stats.total_s,
+        )
+        median = results[len(results) // 2]
+        outputs.append(median.ids)
+        runs.append(median.stats)
+    tpots = [s.tpot_s for s in runs]
+    drafted = sum(s.drafted for s in runs)
+    histogram = Counter()
+    for s in runs:
+        histogram.update(s.exit_histogram)
+    decode_tokens = sum(s.tokens - 1 for s in runs)
+    return outputs, {
+        "tokens": sum(s.tokens for s in runs),
+        "tokens_per_s": sum(s.tokens for s in runs) / sum(s.total_s for s in runs),
+        "tpot_ms": 1e3 * statistics.median(tpots),
+        "tpot_ms_min": 1e3 * min(tpots),
+        "tpot_ms_max": 1e3 * max(tpots),
+        "ttft_ms": 1e3 * statistics.median(s.ttft_s for s in runs),
+        "acceptance_rate": sum(s.accepted for s in runs) / drafted if drafted else float("nan"),
+        "accepted_per_verification": (
+            sum(s.accepted for s in runs) / v if (v := sum(s.verifications for s in runs)) else float("nan")
+        ),
+        "layers_per_token": sum(s.layer_rows for s in runs) / decode_tokens
+        if decode_tokens
+        else float("nan"),
+        "flops_per_token": sum(s.flops for s in runs) / decode_tokens if decode_tokens else float("nan"),
+        "exit_histogram": dict(sorted(histogram.items())),
+        "prompts": len(prompts),
+        "repeats": repeats,
+    }

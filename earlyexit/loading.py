@@ -232,8 +232,13 @@ def _from_pretrained(loader: Any, name_or_path: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(str(Path(source).expanduser()), **kwargs)
     if _looks_like_path(source):
         raise ModelNotAvailableError(f"model directory {source!r} does not exist")
+    local = {"local_files_only": True}
+    if loader is AutoModelForCausalLM:
+        # With peft installed (lm-eval pulls it in), transformers looks up adapter_config.json
+        # on the hub without forwarding local_files_only, retrying for ~20 s offline.
+        local["adapter_kwargs"] = {"local_files_only": True}
     try:
-        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        return loader.from_pretrained(source, **local, **kwargs)
     except OSError as err:
         local_error = err
     if hub_offline():

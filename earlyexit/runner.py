@@ -118,10 +118,10 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
     env = environment(cfg.device, DTYPES[cfg.model.dtype])
     try:
         summary = run(cfg, output_dir)
-    except Exception:
+    except Exception as err:
         error = traceback.format_exc()
         store.append(make_record(flat, {}, env, status="failed", error=error))
-        log.error("run failed and was recorded in %s:\n%s", store.path, error)
+        log.error("run failed: %s: %s\n(traceback recorded in %s)", type(err).__name__, err, store.path)
         if multirun:
             return None  # the sweep goes on
         raise

@@ -140,6 +140,7 @@ class HeadSet(nn.Module):
         init = adapter.unembed.weight.detach().float().cpu()
         self.heads = nn.ModuleDict({str(k): self._build(init) for k in spec.layers})
         self.flops = 0  # analytic FLOPs of every head evaluation so far (see earlyexit/flops.py)
+        self._flops_per_row = 2 * self._macs()  # computed once: forward is on the decode hot path
         if spec.architecture != "shared":
             self.to(device=adapter.device, dtype=adapter.dtype)
 
@@ -161,21 +162,25 @@ class HeadSet(nn.Module):
     def forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the head at `layer` for hidden states `[..., d]` taken after that layer."""
         norm, unembed = self._backbone
-        self.flops += 2 * self.cost_per_token()["macs"] * (hidden.numel() // hidden.shape[-1])
+        self.flops += self._flops_per_row * (hidden.numel() // hidden.shape[-1])
         x = norm(hidden)
         if self.spec.architecture == "shared":
             return unembed(x)
         return self.heads[str(layer)](x)
 
-    def cost_per_token(self) -> dict[str, float]:
-        """Multiply-accumulates and weight bytes one head reads per token, and its size in layers."""
+    def _macs(self) -> int:
         d, vocab = self.hidden_size, self.vocab_size
-        macs = {
+        return {
             "linear": d * vocab,
             "shared": d * vocab,
             "mlp": 2 * d * d + d * vocab,
             "lowrank": self.rank * (d + vocab),
         }[self.spec.architecture]
+
+    def cost_per_token(self) -> dict[str, float]:
+        """Multiply-accumulates and weight bytes one head reads per token, and its size in layers."""
+        d = self.hidden_size
+        macs = self._macs()
         layer_macs = 12 * d * d  # attention (4d^2) + MLP (8d^2) weights of one transformer layer
         bytes_per = torch.finfo(self._backbone[1].weight.dtype).bits // 8
         return {"macs": macs, "weight_bytes": macs * bytes_per, "layers_equivalent": macs / layer_macs}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from earlyexit.loggers import strip_wandb_args
 from earlyexit.runner import record_run
 
 
@@ -17,4 +20,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # A W&B sweep agent that resumes or reruns a run appends that run's internal config as one more
+    # argument, `_wandb={...}` (a Python dict repr): no key of ours and no valid Hydra override, so
+    # Hydra would refuse the whole command line. Drop it before Hydra parses sys.argv.
+    sys.argv = strip_wandb_args(sys.argv)
     main()

@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase
 
 from earlyexit.adapter import ModelAdapter
+from earlyexit.data import TEXT_SUFFIXES, token_streams
 from earlyexit.heads import HeadSet, HeadSpec
 from earlyexit.loading import EMBEDDED_MODEL_DIR
 from earlyexit.train import TrainConfig, train_heads
@@ -84,3 +88,48 @@ def cached_json(cache_dir: str | Path, kind: str, identity: dict, compute) -> di
     tmp.write_text(json.dumps(value, indent=2))
     tmp.replace(path)
     return value
+
+
+def source_fingerprint(source: str) -> str:
+    """What the text of `source` depends on, cheaply: stdlib follows the interpreter, local files
+    their sizes and modification times, a hub dataset its name (its revision is not pinned)."""
+    if source == "stdlib":
+        return f"python-{sys.version}-{sys.prefix}"
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"dataset:{source}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+    stats = [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the tokenizer's full definition, so two models sharing a tokenizer share streams."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}-{len(tokenizer)}"
+    return hashlib.sha1(f"{blob}-eos{tokenizer.eos_token_id}".encode()).hexdigest()
+
+
+def cached_token_streams(
+    tokenizer: PreTrainedTokenizerBase, source: str, heldout_fraction: float, cache_dir: str | Path
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`data.token_streams`, stored once per tokenizer and text: tokenising the stdlib corpus takes
+    longer than the rest of a cached run, and every run of a sweep needs the same streams."""
+    identity = {
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "source": source,
+        "fingerprint": source_fingerprint(source),
+        "heldout_fraction": heldout_fraction,
+    }
+    key = artifact_key(**identity)
+    path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
+    if path.exists():
+        log.info("token streams: cached %s", path)
+        streams = load_file(path)
+        return streams["train"], streams["calibration"], streams["heldout"]
+    train, calib, heldout = token_streams(tokenizer, source, heldout_fraction)
+    path = artifact_path(cache_dir, "tokens", key, ".safetensors", identity)
+    tmp = path.with_suffix(".tmp")
+    save_file({"train": train, "calibration": calib, "heldout": heldout}, str(tmp))
+    tmp.replace(path)  # atomic: concurrent jobs of a multirun never read a half-written file
+    return train, calib, heldout

@@ -19,14 +19,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from earlyexit.adapter import get_adapter
-from earlyexit.artifacts import cached_json, prepare_heads
+from earlyexit.artifacts import cached_json, cached_token_streams, prepare_heads
 from earlyexit.calibrate import Calibration, calibrate, heldout_check, separation_report, validate_targets
 from earlyexit.confidence import get_metric
-from earlyexit.data import token_streams
 from earlyexit.decoding import LOSSLESS, DecodeSettings, check_mode, make_strategy
 from earlyexit.head_stats import collect_head_stats, exit_shares
 from earlyexit.heads import HeadSpec, head_cost_ratio, place_heads
 from earlyexit.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
+from earlyexit.loggers import log_run
 from earlyexit.measure import measure_decoding, prompt_set
 from earlyexit.policy import ThresholdPolicy
 from earlyexit.report import format_summary
@@ -116,16 +116,22 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
         log.info("config %s already finished in %s; skipping (force=true recomputes)", key, store.path)
         return None
     env = environment(cfg.device, DTYPES[cfg.model.dtype])
+    summary, failure = None, None
     try:
         summary = run(cfg, output_dir)
     except Exception as err:
+        failure = err
         error = traceback.format_exc()
-        store.append(make_record(flat, {}, env, status="failed", error=error))
+        record = make_record(flat, {}, env, status="failed", error=error)
         log.error("run failed: %s: %s\n(traceback recorded in %s)", type(err).__name__, err, store.path)
+    else:
+        record = make_record(flat, summary["metrics"], env, per_head=summary["per_head"])
+    store.append(record)
+    log_run(cfg, flat, record, summary)  # after the append: a tracker never costs the local record
+    if failure is not None:
         if multirun:
             return None  # the sweep goes on
-        raise
-    store.append(make_record(flat, summary["metrics"], env, per_head=summary["per_head"]))
+        raise failure
     log.info("recorded run %s in %s", key, store.path)
     return summary
 
@@ -140,7 +146,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     spec = HeadSpec(cfg.heads.architecture, tuple(head_layers(cfg, adapter.num_layers)), cfg.heads.rank)
     tcfg = train_config(cfg)
     source = cfg.data.source
-    train, calib, heldout = token_streams(tokenizer, source, cfg.data.heldout_fraction)
+    train, calib, heldout = cached_token_streams(tokenizer, source, cfg.data.heldout_fraction, cfg.cache_dir)
     heads, heads_key = prepare_heads(adapter, spec, tcfg, source, train, cfg.cache_dir)
 
     log.info("stage 2/5: calibration")

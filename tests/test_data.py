@@ -14,6 +14,10 @@ class CharTokenizer:
     """Stands in for a tokenizer: one id per character, EOS = 0."""
 
     eos_token_id = 0
+    name_or_path = "char"
+
+    def __len__(self):
+        return 201
 
     def __call__(self, text):
         return {"input_ids": [1 + ord(c) % 200 for c in text]}
@@ -61,3 +65,21 @@ def test_shared_wikitext_streams_with_the_pythia_tokenizer():
     )
     train, calib, held = token_streams(tok, str(shared_data_dir() / "corpora" / "wikitext-2-valid.txt"))
     assert len(train) > 200_000 and len(calib) > 10_000 and len(held) > 10_000
+
+
+def test_token_streams_are_cached_and_follow_the_text(tmp_path, monkeypatch):
+    from earlyexit import artifacts
+
+    text = tmp_path / "t.txt"
+    text.write_text("abc" * 300)
+    calls = []
+    real = artifacts.token_streams
+    monkeypatch.setattr(artifacts, "token_streams", lambda *a: calls.append(a) or real(*a))
+    first = artifacts.cached_token_streams(CharTokenizer(), str(text), 0.2, tmp_path / "cache")
+    again = artifacts.cached_token_streams(CharTokenizer(), str(text), 0.2, tmp_path / "cache")
+    assert len(calls) == 1  # the second call read the stored streams
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(first, real(CharTokenizer(), str(text), 0.2), strict=True))
+    text.write_text("xyz" * 400)  # new text, new streams: a stale cache would return the old ones
+    changed = artifacts.cached_token_streams(CharTokenizer(), str(text), 0.2, tmp_path / "cache")
+    assert len(calls) == 2 and len(changed[0]) == 960

@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install --no-deps 'sweeps==0.3.0'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -25,5 +26,19 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
+# The main job: one default run (its summary table is printed), then a small study on the
+# embedded model (early-exit and DSSD at three targets, LayerSkip at two exit layers), then
+# the figures for it. Finished configs are skipped, so a second `make demo` only redraws.
 demo: $(STAMP)
 	$(PY) run.py
+	$(PY) run.py -m mode=early-exit,dssd calibration.target=0.6,0.8,0.95
+	$(PY) run.py -m mode=layerskip mode.exit_layer=2,4
+	$(MAKE) figures
+	@echo "figures and summary: $(FIGURES)/ (start with $(FIGURES)/speed_accuracy_speedup.png and $(FIGURES)/summary.md)"
+
+# Every figure (PNG + PDF) and figures/summary.md, redrawn from the stored records; runs no model.
+RESULTS ?= results/records.jsonl
+FIGURES ?= figures
+.PHONY: figures
+figures: $(STAMP)
+	$(PY) -m analysis --results $(RESULTS) --out $(FIGURES)

@@ -1,0 +1,256 @@
+"""The standard figures, each drawn from a tidy results frame (``analysis.load``) and saved as PNG + PDF.
+
+Each ``fig_*`` function returns a Figure or raises ``NoData`` saying what the results lack, so a
+partial results set (only full runs, no DSSD, no per-head data, W&B records) yields the figures
+it can support and a logged reason for each one it cannot, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.load import THRESHOLD_MODES, exit_histogram_table, per_head_table, unique
+from analysis.measures import acceptance_ratio
+from analysis.pareto import accuracy_axis, front, mark_fronts, mode_group, run_label
+from analysis.plotting import NoData, group_marker, metric_color, model_title, panel_grid, save
+
+log = logging.getLogger(__name__)
+
+X_AXES = {
+    "speedup": ("speedup vs full (time per output token)", 1.0),
+    "flops_saved": ("FLOPs saved vs full (share of FLOPs per token)", 0.0),
+}
+
+
+def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
+    """(a) Speed-accuracy points and per-series Pareto fronts, one panel per model.
+
+    Series: early-exit per metric (over targets), DSSD per metric (each point a target), the
+    LayerSkip (E, K) grid and full; filled markers are on their series' front, the dashed grey line
+    is the front over all series.
+    """
+    xlabel, reference = X_AXES[x]
+    y, ylabel = accuracy_axis(df)
+    data = df[np.isfinite(df[x].astype(float)) & np.isfinite(df[y].astype(float))]
+    if data.empty:
+        raise NoData(f"no run has both {x} and {y}")
+    dropped = len(df) - len(data)
+    if dropped:
+        log.info("speed-accuracy (%s): %d run(s) without %s or %s left out", x, dropped, x, y)
+    models = unique(data["model"])
+    fig, axes = panel_grid(len(models))
+    for ax, model in zip(axes, models, strict=True):
+        part = mark_fronts(data[data["model"] == model], x, y)
+        colors = iter(f"C{i}" for i in range(100))
+        labelled = 0
+        for group in unique(part["group"]):
+            points = part[part["group"] == group].sort_values(x)
+            color, marker = next(colors), group_marker(group)
+            on = points[points["on_front"]]
+            ax.plot(
+                on[x],
+                on[y],
+                color=color,
+                marker=marker,
+                linestyle="-" if len(on) > 1 else "none",
+                label=group,
+                markersize=7,
+            )
+            off = points[~points["on_front"]]
+            ax.scatter(off[x], off[y], marker=marker, facecolors="none", edgecolors=color, s=40)
+            if group != "full":
+                for _, row in points.iterrows():
+                    # Lossless runs pile up on y = 0: stagger their labels so that they stay legible.
+                    dy = 4 - 9 * (labelled % 3)
+                    labelled += 1
+                    ax.annotate(
+                        run_label(row),
+                        (row[x], row[y]),
+                        textcoords="offset points",
+                        xytext=(4, dy),
+                        fontsize=7,
+                        color=color,
+                    )
+        overall = front(part, x, y, by=["model"])
+        if len(overall) > 1:
+            ax.plot(overall[x], overall[y], color="0.4", linestyle="--", linewidth=1, label="overall front")
+        ax.axhline(0.0, color="0.7", linewidth=0.8, linestyle=":")
+        ax.axvline(reference, color="0.7", linewidth=0.8, linestyle=":")
+        ax.set(title=model_title(model, part), xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def fig_exit_histograms(df: pd.DataFrame) -> Figure:
+    """(b) Share of decoded tokens leaving at each head (bars) and, for calibrated modes, the
+    held-out share at the same thresholds (black ticks); one panel per model and series."""
+    hist = exit_histogram_table(df[df["mode"] != "full"])
+    if hist.empty:
+        raise NoData("no exit histogram from an early-exit, DSSD or LayerSkip run")
+    heads = per_head_table(df)
+    hist = hist.assign(group=mode_group(hist))
+    panels = unique(zip(hist["model"], hist["group"], strict=True))
+    fig, axes = panel_grid(len(panels))
+    for ax, (model, group) in zip(axes, panels, strict=True):
+        part = hist[(hist["model"] == model) & (hist["group"] == group)]
+        runs = unique(part["run_id"])
+        head_rows = heads[heads["run_id"].isin(runs)]
+        layers = sorted({*part.loc[~part["final"], "layer"], *head_rows["layer"]})
+        slots = [*map(str, layers), "final"]
+        width = 0.8 / len(runs)
+        for i, run_id in enumerate(runs):
+            rows = part[part["run_id"] == run_id]
+            shares = [rows.loc[(rows["layer"] == k) & ~rows["final"], "share"].sum() for k in layers]
+            shares.append(rows.loc[rows["final"], "share"].sum())
+            pos = np.arange(len(slots)) - 0.4 + width * (i + 0.5)
+            ax.bar(pos, shares, width, color=f"C{i}", label=run_label(rows.iloc[0]))
+            held = heads[heads["run_id"] == run_id] if "heldout_exit_share" in heads else heads.iloc[:0]
+            if rows.iloc[0]["mode"] in THRESHOLD_MODES and not held.empty:
+                by_layer = dict(zip(held["layer"], held["heldout_exit_share"], strict=True))
+                expected = [by_layer.get(k, np.nan) for k in layers]
+                expected.append(1.0 - np.nansum(list(by_layer.values())))
+                ax.scatter(
+                    pos,
+                    expected,
+                    marker="_",
+                    color="black",
+                    s=80,
+                    zorder=3,
+                    label="held-out share" if i == 0 else None,
+                )
+        ax.set_xticks(range(len(slots)), slots)
+        ax.set(
+            title=f"{model_title(model)} · {group}",
+            xlabel="exit layer",
+            ylabel="share of tokens",
+            ylim=(0, 1.05),
+        )
+        ax.legend(fontsize=7)
+    return fig
+
+
+def fig_separation(df: pd.DataFrame) -> Figure:
+    """(c) How well each confidence metric separates agreeing from disagreeing tokens, per head
+    (AUROC on held-out text; 0.5 = chance). Median over the runs that share model and heads."""
+    heads = per_head_table(df)
+    metrics = sorted(c for c in heads.columns if c.startswith("auroc_"))
+    if heads.empty or not metrics:
+        raise NoData("no per-head AUROC in the records")
+    table = heads.groupby(["model", "heads", "layer"], dropna=False)[metrics].median().reset_index()
+    panels = unique(zip(table["model"], table["heads"], strict=True))
+    fig, axes = panel_grid(len(panels))
+    for ax, (model, arch) in zip(axes, panels, strict=True):
+        part = table[(table["model"] == model) & (table["heads"] == arch)].sort_values("layer")
+        width = 0.8 / len(metrics)
+        for i, column in enumerate(metrics):
+            pos = np.arange(len(part)) - 0.4 + width * (i + 0.5)
+            name = column.removeprefix("auroc_")
+            ax.bar(pos, part[column], width, color=metric_color(name), label=name)
+        ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1, label="chance")
+        ax.set_xticks(range(len(part)), [str(int(v)) for v in part["layer"]])
+        ax.set(
+            title=f"{model_title(model)} · {arch} heads",
+            xlabel="head layer",
+            ylabel="AUROC (predicts agreement with final)",
+            ylim=(0.4, 1.0),
+        )
+        ax.legend(fontsize=7)
+    return fig
+
+
+def fig_calibration(df: pd.DataFrame) -> Figure:
+    """(d) Calibrated target vs achieved held-out agreement of the tokens each head lets exit
+    (points: heads; line: their mean); on the y = x line the calibration transfers exactly."""
+    heads = per_head_table(df[df["mode"].isin(THRESHOLD_MODES)])
+    if heads.empty or "heldout_agreement_at_target" not in heads:
+        raise NoData("no per-head held-out agreement from an early-exit or DSSD run")
+    heads = heads[np.isfinite(heads["target"].astype(float))]
+    heads = heads.assign(achieved=pd.to_numeric(heads["heldout_agreement_at_target"], errors="coerce"))
+    heads = heads.dropna(subset=["achieved"])
+    heads = heads.drop_duplicates(["model", "heads", "metric", "target", "layer"])
+    if heads.empty:
+        raise NoData("no head let any held-out token exit at a calibrated target")
+    models = unique(heads["model"])
+    fig, axes = panel_grid(len(models))
+    for ax, model in zip(axes, models, strict=True):
+        part = heads[heads["model"] == model]
+        for i, metric in enumerate(unique(part["metric"])):
+            points = part[part["metric"] == metric]
+            jitter = (i - 1) * 0.004
+            color = metric_color(metric)
+            ax.scatter(points["target"] + jitter, points["achieved"], color=color, s=14, alpha=0.6)
+            mean = points.groupby("target")["achieved"].mean()
+            ax.plot(mean.index, mean.values, color=color, marker="o", label=f"{metric} (mean over heads)")
+        lo = float(part["target"].min()) - 0.05
+        ax.plot([lo, 1.0], [lo, 1.0], color="0.4", linestyle="--", linewidth=1, label="y = x")
+        ax.set(
+            title=model_title(model),
+            xlabel="calibration target (agreement)",
+            ylabel="achieved held-out agreement",
+        )
+        ax.legend(fontsize=7)
+    return fig
+
+
+def fig_acceptance(df: pd.DataFrame) -> Figure:
+    """(e) Draft acceptance rate of DSSD (per metric and target) beside the LayerSkip (E, K) grid,
+    with the best-vs-best ratio the DSSD paper reports against a tuned LayerSkip baseline."""
+    spec = df[df["mode"].isin(["dssd", "layerskip"]) & np.isfinite(df["acceptance_rate"].astype(float))]
+    if spec.empty:
+        raise NoData("no DSSD or LayerSkip run with an acceptance rate")
+    models = unique(spec["model"])
+    fig, axes = panel_grid(len(models), width=6.0)
+    for ax, model in zip(axes, models, strict=True):
+        part = spec[spec["model"] == model].sort_values(
+            ["mode", "metric", "target", "exit_layer", "draft_length"]
+        )
+        labels = [_acceptance_label(row) for _, row in part.iterrows()]
+        colors = ["C0" if m == "dssd" else "C1" for m in part["mode"]]
+        ax.barh(range(len(part)), part["acceptance_rate"], color=colors)
+        ax.set_yticks(range(len(part)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ratio = acceptance_ratio(part)
+        note = f"best DSSD / best LayerSkip = {ratio:.2f}×" if np.isfinite(ratio) else "needs both modes"
+        ax.set(
+            title=f"{model_title(model)} · {note}",
+            xlabel="acceptance rate (accepted / drafted)",
+            xlim=(0, 1.0),
+        )
+    return fig
+
+
+def _acceptance_label(row: pd.Series) -> str:
+    if row["mode"] == "dssd":
+        return f"DSSD {row['metric']} {run_label(row)}"
+    return f"LayerSkip {run_label(row)}"
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
+    "speed_accuracy_speedup": lambda df: fig_speed_accuracy(df, "speedup"),
+    "speed_accuracy_flops": lambda df: fig_speed_accuracy(df, "flops_saved"),
+    "exit_histograms": fig_exit_histograms,
+    "separation_auroc": fig_separation,
+    "calibration": fig_calibration,
+    "acceptance": fig_acceptance,
+}
+
+
+def make_all(df: pd.DataFrame, out_dir: str | Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Draw every figure the results support: ({name: [png, pdf]}, {skipped name: reason})."""
+    written, skipped = {}, {}
+    for name, draw in FIGURES.items():
+        try:
+            fig = draw(df)
+        except NoData as reason:
+            skipped[name] = str(reason)
+            log.warning("skipped figure %s: %s", name, reason)
+            continue
+        written[name] = save(fig, out_dir, name)
+        log.info("wrote %s", ", ".join(str(p) for p in written[name]))
+    return written, skipped

@@ -1,0 +1,113 @@
+"""Speed-accuracy Pareto fronts: which configs are worth running at all.
+
+A config is on the front when no other config of its group is at least as fast (or saves at least
+as many FLOPs) *and* at least as accurate, and strictly better in one of the two. The edge cases are
+decided here, once, so figures and tables agree:
+
+- ties: equal in one coordinate and worse in the other is dominated (weak dominance);
+- duplicates: points with identical coordinates do not dominate each other, so all of them are
+  on the front (or all off it); ``front`` keeps every one, sorted, so nothing silently vanishes;
+- NaN or infinite coordinates: not a measurement; such a point is never on the front and never
+  dominates another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import THRESHOLD_MODES
+
+MODE_LABELS = {"full": "full", "early-exit": "early-exit", "dssd": "DSSD", "layerskip": "LayerSkip"}
+GROUP_KEYS = ("model", "group")
+
+
+def pareto_mask(
+    x: Sequence[float], y: Sequence[float], maximize: tuple[bool, bool] = (True, True)
+) -> np.ndarray:
+    """Boolean mask of the non-dominated points among (x[i], y[i]); see the module docstring for ties."""
+    xs = np.asarray(x, dtype=float)
+    ys = np.asarray(y, dtype=float)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"x and y must be 1-d and of equal length, got {xs.shape} and {ys.shape}")
+    xs = xs if maximize[0] else -xs
+    ys = ys if maximize[1] else -ys
+    valid = np.isfinite(xs) & np.isfinite(ys)
+    # dominated[i, j]: point j dominates point i. O(n^2), plenty for a few thousand runs, and
+    # obviously correct, which a sweep-line version with ties would not be.
+    ge = (xs[None, :] >= xs[:, None]) & (ys[None, :] >= ys[:, None])
+    gt = (xs[None, :] > xs[:, None]) | (ys[None, :] > ys[:, None])
+    dominated = (ge & gt & valid[None, :]).any(axis=1)
+    return valid & ~dominated
+
+
+def mode_group(df: pd.DataFrame) -> pd.Series:
+    """The series a run belongs to: early-exit and DSSD per confidence metric, LayerSkip and full alone."""
+    labels = df["mode"].map(lambda m: MODE_LABELS.get(m, str(m)))
+    with_metric = df["mode"].isin(THRESHOLD_MODES) & df["metric"].notna()
+    return labels.where(~with_metric, labels + " · " + df["metric"].astype(str))
+
+
+def run_label(row: pd.Series) -> str:
+    """What distinguishes runs within a series: the target, or LayerSkip's (E, K)."""
+    if row.get("mode") == "layerskip":
+        return f"E={_int(row.get('exit_layer'))} K={_int(row.get('draft_length'))}"
+    target = row.get("target")
+    if isinstance(target, int | float) and math.isfinite(target):
+        return f"t={target:g}"
+    return str(row.get("mode"))
+
+
+def _int(value: object) -> str:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return str(int(value))
+    return "?"
+
+
+def mark_fronts(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    by: Sequence[str] = GROUP_KEYS,
+    maximize: tuple[bool, bool] = (True, True),
+) -> pd.DataFrame:
+    """A copy of ``df`` with ``group`` (see ``mode_group``) and ``on_front``, computed within each ``by``."""
+    out = df.copy()
+    if "group" not in out:
+        out["group"] = mode_group(out)
+    out["on_front"] = False
+    if out.empty:
+        return out
+    parts = [part for _, part in out.groupby(list(by), dropna=False, sort=False)] if by else [out]
+    for part in parts:
+        out.loc[part.index, "on_front"] = pareto_mask(part[x], part[y], maximize)
+    return out
+
+
+def front(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    by: Sequence[str] = GROUP_KEYS,
+    maximize: tuple[bool, bool] = (True, True),
+) -> pd.DataFrame:
+    """Only the front rows, sorted by group then x (the order to draw the front's line in)."""
+    marked = mark_fronts(df, x, y, by, maximize)
+    rows = marked[marked["on_front"]]
+    return rows.sort_values([*by, x, y], kind="stable").reset_index(drop=True)
+
+
+def accuracy_axis(df: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) for accuracy: lm-eval's delta where lossy runs have one, else the proxy.
+
+    Lossless runs have a delta of 0 by construction, so only lossy runs can tell whether an
+    accuracy task was measured; without one, held-out token agreement with the full model is the
+    best accuracy signal every run has.
+    """
+    lossy = df[~df["lossless"]] if "lossless" in df else df
+    if lossy.empty or lossy["acc_delta"].notna().any():
+        return "acc_delta", "accuracy Δ vs full (lm-eval)"
+    return "agreement_delta", "agreement Δ vs full (held-out proxy)"

@@ -1,0 +1,182 @@
+"""``summary.md``: the measured results as one table, and published numbers beside them.
+
+Why markdown: it reads in a terminal, renders on GitHub and diffs cleanly between result sets. The
+published comparison states for every row whether model and task match, because on different
+models, tasks and hardware a number beside ours is context, not a replication.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.load import unique
+from analysis.pareto import accuracy_axis, mark_fronts
+from analysis.published import compare, load_published
+
+MODE_ORDER = {"full": 0, "early-exit": 1, "dssd": 2, "layerskip": 3}
+
+
+def _num(value: object, fmt: str) -> str:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(v) else format(v, fmt)
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def measured_table(df: pd.DataFrame) -> str:
+    """One row per run: the mode's settings, speed, FLOPs, accuracy and acceptance."""
+    y, _ = accuracy_axis(df)
+    marked = mark_fronts(df, "speedup", y, by=["model"]).assign(_order=df["mode"].map(MODE_ORDER))
+    marked = marked.sort_values(["model", "_order", "metric", "target", "exit_layer", "draft_length"])
+    header = [
+        "model",
+        "mode",
+        "metric",
+        "target",
+        "E",
+        "K",
+        "speedup",
+        "FLOPs saved",
+        "acc Δ",
+        "agreement Δ",
+        "acceptance",
+        "held-out early exits",
+        "on front",
+        "device",
+    ]
+    rows = [
+        [
+            _text(r["model"]),
+            _text(r["mode"]),
+            _text(r["metric"]),
+            _num(r["target"], "g"),
+            _num(r["exit_layer"], ".0f"),
+            _num(r["draft_length"], ".0f"),
+            _num(r["speedup"], ".2f") + ("×" if pd.notna(r["speedup"]) else ""),
+            _num(r["flops_saved"], "+.1%"),
+            _num(r["acc_delta"], "+.3f"),
+            _num(r["agreement_delta"], "+.3f"),
+            _num(r["acceptance_rate"], ".3f"),
+            _num(r["exit_share"], ".1%"),
+            "✓" if r["on_front"] else "",
+            _text(r["device_name"] if pd.notna(r["device_name"]) else r["device"]),
+        ]
+        for _, r in marked.iterrows()
+    ]
+    return markdown_table(header, rows)
+
+
+def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
+    """Published values beside ours, a match verdict per row, and a plain statement of the gaps."""
+    table = compare(df, published)
+    rows = [
+        [
+            f"{_text(r['paper'])} (arXiv {r['arxiv_id']}, {_text(r['table_or_figure'])})",
+            _text(r["published_model"]),
+            _text(r["published_task"]),
+            _text(r["metric"]),
+            _num(r["published"], ".2f"),
+            _text(r["our_model"]),
+            _num(r["measured"], ".2f"),
+            _text(r["measured_what"]),
+            f"model {r['model_match']}, task {r['task_match']}",
+        ]
+        for _, r in table.iterrows()
+    ]
+    header = [
+        "published",
+        "model",
+        "task",
+        "metric",
+        "value",
+        "our model",
+        "ours",
+        "what we measured",
+        "match",
+    ]
+    comparable = table[table["comparable"]]
+    hardware = ", ".join(unique(table["our_hardware"])) or "unknown hardware"
+    if comparable.empty:
+        theirs = ", ".join(m for m in unique(published["model"]) if m) or "models not recorded"
+        ours = ", ".join(map(str, unique(table["our_model"])))
+        verdict = (
+            "**No published number below matches our runs in both model and task**, so none of them is a "
+            f"replication target for these results. The published numbers are for {theirs} (some rows do "
+            "not record the model), on their own tasks and hardware (see the notes in "
+            f"`analysis/published.csv`); ours are {ours} on {hardware}, with speed measured on held-out "
+            "prompts of the model's own data. Read the values side by side as context for scale only."
+        )
+    else:
+        names = "; ".join(f"{r['paper']} {r['metric']} on {r['our_model']}" for _, r in comparable.iterrows())
+        verdict = (
+            f"Model and task match for: {names}. Every other row differs in model or task (see the "
+            "match column) and is context, not a replication."
+        )
+    return "\n\n".join([verdict, markdown_table(header, rows)])
+
+
+def figures_section(written: dict[str, list[Path]], skipped: dict[str, str], out_dir: Path) -> str:
+    """Which figures were drawn (linked) and which were skipped, with the reason."""
+    lines = []
+    for name, paths in written.items():
+        links = ", ".join(
+            f"[{p.suffix[1:]}]({p.relative_to(out_dir) if p.is_relative_to(out_dir) else p})" for p in paths
+        )
+        lines.append(f"- {name}: {links}")
+    lines += [f"- {name}: skipped ({reason})" for name, reason in skipped.items()]
+    return "\n".join(lines) or "- none"
+
+
+def write_summary(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    source: str,
+    written: dict[str, list[Path]] | None = None,
+    skipped: dict[str, str] | None = None,
+    published: pd.DataFrame | None = None,
+) -> Path:
+    """Write ``out_dir/summary.md`` and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    published = load_published() if published is None else published
+    y, _ = accuracy_axis(df)
+    axis = (
+        "lm-eval accuracy Δ"
+        if y == "acc_delta"
+        else "agreement Δ, since no lossy run measured an lm-eval task (`task=none`)"
+    )
+    parts = [
+        "# Results summary",
+        f"{len(df)} run(s) from `{source}`, {len(unique(df['model']))} model(s). Speedup = full time per "
+        "output token / mode's; FLOPs saved = 1 − FLOPs per token ratio; acc Δ = lm-eval accuracy minus the "
+        "full model's, mean over tasks (lossless modes: 0); agreement Δ = held-out token agreement with the "
+        "full model − 1 (lossless modes: 0); held-out early exits = share of held-out tokens leaving before "
+        'the last layer at the calibrated thresholds; "on front" = on the model\'s speed-accuracy Pareto '
+        f"front, over all modes, with accuracy taken as {axis}.",
+        "## Measured",
+        measured_table(df),
+        "## Published vs measured",
+        published_section(df, published),
+        "## Figures",
+        figures_section(written or {}, skipped or {}, out),
+    ]
+    path = out / "summary.md"
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path

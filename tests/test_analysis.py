@@ -1,0 +1,390 @@
+"""analysis/: Pareto fronts on hand-computed points; tidy loading rules; figures, summary, notebooks and
+the CLI drawn from a small results set made by real runs of the embedded model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import runpy
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from matplotlib.image import imread
+
+from analysis.figures import FIGURES, make_all
+from analysis.load import LOSSLESS_MODES, latest_per_config, load_results, load_wandb, per_head_table
+from analysis.measures import acceptance_ratio
+from analysis.pareto import accuracy_axis, front, mark_fronts, pareto_mask
+from analysis.published import load_published, model_match
+from analysis.summary import write_summary
+from earlyexit import runner
+from earlyexit.results import EmptyResultsError, ResultStore, make_record
+
+ROOT = Path(__file__).resolve().parent.parent
+DESIGN = ROOT.parent / "shared" / "docs" / "DESIGN.md"
+TINY = [
+    "task=none",
+    "bench.prompts=2",
+    "bench.max_new_tokens=8",
+    "bench.repeats=1",
+    "bench.warmup=0",
+    "calibration.max_tokens=2048",
+]
+RUNS = [
+    ["mode=full"],
+    *[
+        ["mode=early-exit", f"metric={metric}", f"calibration.target={target}"]
+        for metric in ("entropy", "margin")
+        for target in (0.6, 0.8)
+    ],
+    ["mode=dssd"],
+    ["mode=layerskip", "mode.exit_layer=2"],
+    ["mode=layerskip", "mode.exit_layer=4"],
+]
+
+
+# ---------------------------------------------------------------- Pareto fronts on known points
+
+
+def test_pareto_front_of_hand_computed_points():
+    # (1, .9) fastest-accurate corner; (2, .8) and (3, .1) trade off; (2.5, .05) is beaten by (3, .1);
+    # (1.5, .85) trades off with (1, .9) and (2, .8); (0.5, .5) is beaten by everything above it.
+    x = [1.0, 2.0, 3.0, 2.5, 1.5, 0.5]
+    y = [0.9, 0.8, 0.1, 0.05, 0.85, 0.5]
+    assert pareto_mask(x, y).tolist() == [True, True, True, False, True, False]
+
+
+def test_ties_in_one_coordinate_are_dominated_and_exact_duplicates_are_kept():
+    # Same speed, less accurate -> dominated; same accuracy, slower -> dominated.
+    assert pareto_mask([2, 2, 1], [0.5, 0.3, 0.5]).tolist() == [True, False, False]
+    # Identical points do not dominate each other: both stay on the front (or both leave it).
+    assert pareto_mask([2, 2, 1], [0.5, 0.5, 0.1]).tolist() == [True, True, False]
+    assert pareto_mask([1, 1, 3], [0.5, 0.5, 0.6]).tolist() == [False, False, True]
+
+
+def test_nan_and_infinite_points_are_never_on_the_front_and_never_dominate():
+    x = [1.0, np.nan, 2.0, np.inf, 0.5]
+    y = [0.5, 9.0, np.nan, 9.0, 0.4]
+    # Without the NaN/inf rows, (1, .5) dominates (.5, .4).
+    assert pareto_mask(x, y).tolist() == [True, False, False, False, False]
+    assert pareto_mask([np.nan], [np.nan]).tolist() == [False]
+    assert pareto_mask([], []).tolist() == []
+
+
+def test_direction_of_each_axis_can_be_chosen():
+    # Minimise y (e.g. a loss): (2, .1) beats (2, .5); (1, .05) trades off.
+    assert pareto_mask([2, 2, 1], [0.1, 0.5, 0.05], maximize=(True, False)).tolist() == [True, False, True]
+
+
+def test_mismatched_lengths_are_rejected():
+    with pytest.raises(ValueError, match="equal length"):
+        pareto_mask([1, 2], [1])
+
+
+def test_fronts_are_computed_within_each_model_and_series_and_sorted_by_x():
+    df = pd.DataFrame(
+        {
+            "model": ["a", "a", "a", "a", "b"],
+            "mode": ["early-exit", "early-exit", "early-exit", "layerskip", "early-exit"],
+            "metric": ["entropy", "entropy", "margin", "entropy", "entropy"],
+            "speedup": [2.0, 1.0, 0.5, 0.4, 0.1],
+            "acc_delta": [-0.2, -0.1, -0.9, 0.0, -1.0],
+        }
+    )
+    marked = mark_fronts(df, "speedup", "acc_delta")
+    # Each series alone: all on their own fronts, even (0.5, -0.9), which (1, -0.1) would dominate.
+    assert marked["on_front"].all()
+    assert marked["group"].tolist() == [
+        "early-exit · entropy",
+        "early-exit · entropy",
+        "early-exit · margin",
+        "LayerSkip",
+        "early-exit · entropy",
+    ]
+    overall = front(df, "speedup", "acc_delta", by=["model"])
+    assert overall[["model", "speedup"]].values.tolist() == [["a", 0.4], ["a", 1.0], ["a", 2.0], ["b", 0.1]]
+
+
+# ---------------------------------------------------------------- tidy loading rules (synthetic store)
+
+
+def _record(mode: str, metrics: dict, status: str = "ok", **config) -> dict:
+    flat = {
+        "model.name": "m",
+        "mode.name": mode,
+        "metric.name": "entropy",
+        "calibration.target": 0.8,
+        **config,
+    }
+    return make_record(flat, metrics, {"device": "cpu"}, status=status)
+
+
+def test_tidy_picks_accuracy_over_perplexity_and_gives_lossless_modes_zero_loss(tmp_path, caplog):
+    store = ResultStore(tmp_path / "r.jsonl")
+    acc = {"acc_delta.t1.acc": -0.2, "acc_delta.t1.perplexity": 30.0, "acc_delta.t2.acc_norm": -0.1}
+    store.append(_record("early-exit", {"speedup": 1.5, **acc, "heldout_agreement_at_target": 0.7}))
+    store.append(_record("dssd", {"speedup": 1.1, "outputs_equal_full": True}))
+    store.append(
+        _record("layerskip", {"speedup": 0.9, "outputs_equal_full": False}, **{"mode.exit_layer": 3})
+    )
+    store.append(_record("full", {}, status="failed"))
+    with caplog.at_level(logging.WARNING, logger="analysis.load"):
+        df = load_results(store.path)
+    assert df["mode"].tolist() == ["early-exit", "dssd", "layerskip"]  # the failed run is left out
+    assert df["acc_delta"].iloc[0] == pytest.approx(-0.15)  # mean of t1.acc and t2.acc_norm, not perplexity
+    assert df["agreement_delta"].iloc[0] == pytest.approx(-0.3)
+    assert df["acc_delta"].iloc[1] == 0.0 and df["agreement_delta"].iloc[1] == 0.0
+    # A "lossless" run whose output differed from full must not be credited with zero loss.
+    assert np.isnan(df["acc_delta"].iloc[2]) and np.isnan(df["agreement_delta"].iloc[2])
+    assert "did not reproduce the full model's output" in caplog.text
+    # metric and target mean nothing for LayerSkip.
+    assert pd.isna(df["metric"].iloc[2]) and np.isnan(df["target"].iloc[2]) and df["exit_layer"].iloc[2] == 3
+    assert len(load_results(store.path, include_failed=True)) == 4
+    assert accuracy_axis(df)[0] == "acc_delta"
+
+
+def test_layerskip_default_exit_layer_is_the_deepest_head_and_repeats_keep_the_newest(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    per_head = {1: {"agreement": 0.4}, 5: {"agreement": 0.7}}
+    first = make_record({"mode.name": "layerskip"}, {"speedup": 1.0}, {}, per_head=per_head)
+    again = make_record({"mode.name": "layerskip"}, {"speedup": 2.0}, {}, per_head=per_head)
+    store.append(first)
+    store.append(again)
+    df = load_results(store.path)
+    assert df["exit_layer"].tolist() == [5.0, 5.0]
+    assert latest_per_config(df)["speedup"].tolist() == [2.0]
+    assert accuracy_axis(df)[0] == "acc_delta"  # only lossless runs: their delta is 0, no proxy needed
+
+
+def test_missing_empty_or_all_failed_store_raises_naming_the_path(tmp_path):
+    with pytest.raises(EmptyResultsError, match=re.escape(str(tmp_path / "none.jsonl"))):
+        load_results(tmp_path / "none.jsonl")
+    store = ResultStore(tmp_path / "failed.jsonl")
+    store.append(_record("full", {}, status="failed"))
+    with pytest.raises(EmptyResultsError, match="failed.jsonl: all 1 record"):
+        load_results(store.path)
+
+
+def test_wandb_runs_become_records_like_the_local_ones(monkeypatch):
+    run = types.SimpleNamespace(
+        id="abc",
+        state="finished",
+        created_at="2026-01-01T00:00:00Z",
+        config={"mode.name": "dssd", "model": {"name": "pythia-70m"}},
+        summary={"speedup": 1.2, "status": "ok", "run_id": "r1", "_runtime": 3, "exit_histogram": {"x": 1}},
+    )
+    calls = []
+
+    class Api:
+        def runs(self, path, filters=None):
+            calls.append(path)
+            return [run]
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
+    raw = load_wandb("me/proj")
+    assert calls == ["me/proj"]
+    row = raw.iloc[0]
+    assert row["run_id"] == "r1" and row["status"] == "ok" and row["source"] == "wandb:me/proj"
+    assert row["config.model.name"] == "pythia-70m" and row["metric.speedup"] == 1.2
+    assert "metric._runtime" not in raw and "metric.exit_histogram" not in raw
+
+
+def test_lossless_modes_mirror_the_decoding_package():
+    from earlyexit.decoding import LOSSLESS
+
+    assert tuple(LOSSLESS_MODES) == tuple(LOSSLESS)
+
+
+# ---------------------------------------------------------------- published numbers
+
+
+def test_published_numbers_are_present_cited_and_taken_from_the_design_notes():
+    pub = load_published()
+    assert list(pub.columns) == [
+        "paper",
+        "arxiv_id",
+        "table_or_figure",
+        "model",
+        "task",
+        "metric",
+        "value",
+        "note",
+    ]
+    values = {(a, v) for a, v in zip(pub["arxiv_id"], pub["value"], strict=True)}
+    required = {("2407.21082", 1.66), ("2309.08168", 1.73), ("2309.08168", 1.99)}
+    required |= {("2404.16710", v) for v in (2.16, 1.82, 2.0, 1.34, 1.30, 1.83, 1.80, 2.06)}
+    assert required <= values
+    assert (pub["paper"] != "").all() and (pub["table_or_figure"] != "").all()
+    if not DESIGN.exists():
+        pytest.skip(f"{DESIGN} not present: cannot check the numbers' source")
+    design = DESIGN.read_text()
+    for _, row in pub.iterrows():
+        assert row["arxiv_id"] in design
+        assert any(f"{row['value']:{fmt}}" in design for fmt in (".2f", ".1f")), row["value"]
+
+
+def test_model_matching_is_strict():
+    assert model_match("Pythia", "pythia-410m") == "family only"
+    assert model_match("llama2-7B", "meta/Llama-2-7b") == "yes"  # case and punctuation do not matter
+    assert model_match("llama2-7B", "llama2-70b") == "no"
+    assert model_match("LLaMA-2", "embedded") == "no"
+    assert model_match("", "embedded") == "not recorded"
+
+
+# ---------------------------------------------------------------- real runs on the embedded model
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Eight real runs (full, early-exit x 2 metrics x 2 targets, DSSD, LayerSkip x 2 exit layers)."""
+    tmp = tmp_path_factory.mktemp("analysis_runs")
+    paths = [f"results.path={tmp / 'records.jsonl'}", f"cache_dir={tmp / 'cache'}"]
+    for overrides in RUNS:  # the first run tokenises the corpus; the others read its cached streams
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*overrides, *TINY, *paths])
+        runner.record_run(cfg)
+    return tmp / "records.jsonl"
+
+
+@pytest.fixture(scope="module")
+def runs(store) -> pd.DataFrame:
+    return latest_per_config(load_results(store))
+
+
+def test_real_runs_load_with_short_columns(runs):
+    assert len(runs) == len(RUNS)
+    assert sorted(runs["mode"].value_counts().items()) == [
+        ("dssd", 1),
+        ("early-exit", 4),
+        ("full", 1),
+        ("layerskip", 2),
+    ]
+    assert np.isfinite(runs["speedup"]).all() and (runs["speedup"] > 0).all()
+    assert np.isfinite(runs["flops_saved"]).all()
+    lossless = runs[runs["lossless"]]
+    assert (lossless["agreement_delta"] == 0).all() and (lossless["acc_delta"] == 0).all()
+    lossy = runs[~runs["lossless"]]
+    assert lossy["acc_delta"].isna().all() and (lossy["agreement_delta"] < 0).all()  # task=none: proxy
+    assert accuracy_axis(runs)[0] == "agreement_delta"
+    assert sorted(runs.loc[runs["mode"] == "layerskip", "exit_layer"]) == [2.0, 4.0]
+    assert runs.loc[runs["mode"].isin(["dssd", "layerskip"]), "acceptance_rate"].between(0, 1).all()
+    heads = per_head_table(runs)
+    assert {"auroc_entropy", "auroc_margin", "auroc_max-prob", "heldout_agreement_at_target"} <= set(heads)
+
+
+def test_fronts_on_real_runs_are_exactly_the_undominated_runs(runs):
+    y = "agreement_delta"
+    marked = mark_fronts(runs, "speedup", y, by=["model"])
+    pts = marked[["speedup", y]].to_numpy()
+    for i, (sx, sy) in enumerate(pts):
+        others = np.delete(pts, i, axis=0)
+        dominated = (
+            (others[:, 0] >= sx) & (others[:, 1] >= sy) & ((others[:, 0] > sx) | (others[:, 1] > sy))
+        ).any()
+        assert marked["on_front"].iloc[i] == (not dominated)
+    assert marked["on_front"].any()
+
+
+def _check_figure_files(paths: list[Path]) -> None:
+    png, pdf = paths
+    assert png.suffix == ".png" and pdf.suffix == ".pdf"
+    assert png.stat().st_size > 0 and pdf.stat().st_size > 0
+    image = imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert pdf.read_bytes()[:4] == b"%PDF"
+
+
+@pytest.fixture(scope="module")
+def drawn(runs, tmp_path_factory) -> tuple[Path, dict[str, list[Path]], dict[str, str]]:
+    out = tmp_path_factory.mktemp("figures")
+    return out, *make_all(runs, out)
+
+
+def test_every_figure_is_drawn_from_real_runs(drawn):
+    _, written, skipped = drawn
+    assert skipped == {}
+    assert set(written) == set(FIGURES)
+    for paths in written.values():
+        _check_figure_files(paths)
+
+
+def test_summary_has_the_measured_table_and_the_published_comparison(runs, drawn):
+    out, written, skipped = drawn
+    text = write_summary(runs, out, "records.jsonl", written, skipped).read_text()
+    measured = text.split("## Measured")[1].split("## Published vs measured")[0]
+    rows = [line for line in measured.splitlines() if line.startswith("| embedded |")]
+    assert len(rows) == len(RUNS)
+    assert "| speedup | FLOPs saved | acc Δ |" in measured
+    published = text.split("## Published vs measured")[1]
+    assert "No published number below matches our runs in both model and task" in published
+    ratio = acceptance_ratio(runs)
+    assert f"| 1.66 | embedded | {ratio:.2f} | best DSSD / best LayerSkip acceptance |" in published
+    best_layerskip = runs.loc[runs["mode"] == "layerskip", "speedup"].max()
+    assert f"| 2.16 | embedded | {best_layerskip:.2f} | best layerskip" in published
+    assert "(arXiv 2309.08168" in published and "llama3.2-1B" in published
+    assert "[png](acceptance.png)" in text
+
+
+def test_partial_results_draw_what_they_can_and_say_why_the_rest_is_skipped(runs, tmp_path, caplog):
+    only_full = runs[runs["mode"] == "full"]
+    with caplog.at_level(logging.WARNING, logger="analysis.figures"):
+        written, skipped = make_all(only_full, tmp_path)
+    assert {"speed_accuracy_speedup", "speed_accuracy_flops", "separation_auroc"} <= set(written)
+    assert set(skipped) == {"exit_histograms", "calibration", "acceptance"}
+    assert "skipped figure acceptance: no DSSD or LayerSkip run with an acceptance rate" in caplog.text
+    text = write_summary(only_full, tmp_path, "x", written, skipped).read_text()
+    assert "acceptance: skipped (no DSSD or LayerSkip run" in text
+    assert "needs DSSD and LayerSkip runs" in text
+    # No per-head data at all (e.g. records read back from W&B).
+    bare = runs.assign(per_head=None, **{"metric.exit_histogram": None})
+    written, skipped = make_all(bare, tmp_path / "bare")
+    assert set(skipped) == {"exit_histograms", "separation_auroc", "calibration"}
+    for paths in written.values():
+        _check_figure_files(paths)
+
+
+def test_notebooks_run_with_plain_python_and_draw_their_figures(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EARLYEXIT_RESULTS", str(store))
+    monkeypatch.setenv("EARLYEXIT_FIGURES", str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the notebooks put the repo root on sys.path
+    notebooks = sorted((ROOT / "analysis" / "notebooks").glob("*.py"))
+    assert len(notebooks) == 5
+    for notebook in notebooks:
+        assert notebook.read_text().startswith("# %% [markdown]")
+        runpy.run_path(str(notebook), run_name="__main__")
+    assert {p.name for p in tmp_path.glob("*.png")} == {f"{name}.png" for name in FIGURES}
+    assert "best DSSD / best LayerSkip" in capsys.readouterr().out
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "analysis", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_cli_regenerates_every_figure_and_the_summary(store, tmp_path):
+    out = tmp_path / "figs"
+    proc = _cli("--results", str(store), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in FIGURES:
+        _check_figure_files([out / f"{name}.png", out / f"{name}.pdf"])
+    assert "## Published vs measured" in (out / "summary.md").read_text()
+
+
+def test_cli_names_a_missing_or_empty_store(tmp_path):
+    missing = tmp_path / "nowhere" / "records.jsonl"
+    proc = _cli("--results", str(missing), "--out", str(tmp_path / "figs"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"error: no results store at {missing}" in proc.stderr and "Traceback" not in proc.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    proc = _cli("--results", str(empty), "--out", str(tmp_path / "figs"), cwd=tmp_path)
+    assert proc.returncode == 2 and f"{empty} holds no loadable records" in proc.stderr
+    assert not (tmp_path / "figs").exists()

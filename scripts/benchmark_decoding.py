@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="round-robin passes over the modes; best kept")
     p.add_argument("--component-repeats", type=int, default=50)
     p.add_argument(
         "--layerskip-head", type=int, default=-1, help="index into the head layers for layerskip's E"
@@ -148,13 +149,25 @@ def main() -> None:
     adapter, heads, prompts, thresholds = build(args)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
     results, outputs = {}, {}
-    for name, strategy in modes(heads, thresholds, args).items():
-        outputs[name], results[name] = measure_decoding(strategy, adapter, prompts, settings, args.repeats)
+    # Modes are measured round-robin and each keeps its fastest round: whichever mode runs first
+    # in a fresh process otherwise pays for allocator and thread-pool warm-up (seen as a 4x slower
+    # `full` on CPU), and a burst of load on a shared machine hits one round, not one mode.
+    strategies = modes(heads, thresholds, args)
+    for round_ in range(args.rounds):
+        for name, strategy in strategies.items():
+            ids, stats = measure_decoding(strategy, adapter, prompts, settings, args.repeats)
+            if name not in results or stats["tpot_ms"] < results[name]["tpot_ms"]:
+                outputs[name], results[name] = ids, stats
+        ids, stats = run_hf(adapter, prompts, settings, args.repeats)
+        if "hf-generate" not in results or stats["tpot_ms"] < results["hf-generate"]["tpot_ms"]:
+            outputs["hf-generate"], results["hf-generate"] = ids, stats
         print(
-            f"{name:12s} {results[name]['tokens_per_s']:9.1f} tok/s  {results[name]['tpot_ms']:7.2f} ms/token"
+            f"round {round_ + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {r['tpot_ms']:.2f}" for n, r in results.items())
+            + " ms/token (best so far)"
         )
-    outputs["hf-generate"], results["hf-generate"] = run_hf(adapter, prompts, settings, args.repeats)
-    print(f"{'hf-generate':12s} {results['hf-generate']['tokens_per_s']:9.1f} tok/s")
+    for name, r in results.items():
+        print(f"{name:12s} {r['tokens_per_s']:9.1f} tok/s  {r['tpot_ms']:7.2f} ms/token")
     for r in results.values():
         r["speedup_vs_full"] = r["tokens_per_s"] / results["full"]["tokens_per_s"]
         r["speedup_vs_hf_generate"] = r["tokens_per_s"] / results["hf-generate"]["tokens_per_s"]

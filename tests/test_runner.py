@@ -19,7 +19,7 @@ from earlyexit.runner import head_layers, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-GROUPS = ["model", "heads", "metric", "mode", "task"]
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 # Small enough for a CPU test, large enough to exercise every stage.
 FAST = [
     "bench.prompts=2",
@@ -145,3 +145,15 @@ def test_two_job_multirun_through_submitit_local(tmp_path):
     records = ResultStore(tmp_path / "records.jsonl").load()
     assert sorted(records["config.metric.name"]) == ["entropy", "margin"]
     assert set(records["status"]) == {"ok"}
+
+
+def test_slurm_launcher_config_composes_to_submitit_slurm():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min > 0

@@ -99,7 +99,9 @@ def fig_exit_histograms(df: pd.DataFrame) -> Figure:
     fig, axes = panel_grid(len(panels))
     for ax, (model, group) in zip(axes, panels, strict=True):
         part = hist[(hist["model"] == model) & (hist["group"] == group)]
-        runs = unique(part["run_id"])
+        # Bars in the order of what distinguishes the runs (target, or E then K), not run order.
+        ordered = part.sort_values(["target", "exit_layer", "draft_length"], kind="stable")
+        runs = unique(ordered["run_id"])
         head_rows = heads[heads["run_id"].isin(runs)]
         layers = sorted({*part.loc[~part["final"], "layer"], *head_rows["layer"]})
         slots = [*map(str, layers), "final"]

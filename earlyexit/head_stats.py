@@ -27,6 +27,10 @@ class HeadStats:
     agree: dict[int, torch.Tensor]  # layer -> [N] bool
     n_tokens: int
 
+    def agreement(self) -> dict[int, float]:
+        """Per head, the share of tokens whose head argmax equals the final argmax."""
+        return {k: self.agree[k].double().mean().item() for k in self.layers}
+
 
 @torch.no_grad()
 def collect_head_stats(

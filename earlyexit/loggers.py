@@ -34,7 +34,7 @@ def strip_wandb_args(argv: list[str]) -> list[str]:
     return [arg for arg in argv if not arg.startswith(WANDB_ARG_PREFIXES)]
 
 
-def log_run(cfg: DictConfig, flat_config: dict, record: dict, summary: dict | None) -> None:
+def log_run(cfg: DictConfig, flat_config: dict, record: dict) -> None:
     """Send one stored record (ok or failed) to the configured tracker; never raises for its failures."""
     name = OmegaConf.select(cfg, "logger.name", default="none")
     if name in (None, "none"):
@@ -43,7 +43,7 @@ def log_run(cfg: DictConfig, flat_config: dict, record: dict, summary: dict | No
         log.warning("logger.name=%r is not one of %s: nothing logged", name, ", ".join(LOGGERS))
         return
     try:
-        _log_wandb(cfg.logger, flat_config, record, summary)
+        _log_wandb(cfg.logger, flat_config, record)
     except Exception as err:  # the record is already stored: a tracker problem must not fail the run
         where = OmegaConf.select(cfg, "results.path", default="the results store")
         log.warning("W&B logging failed (%s: %s); the record is kept in %s", type(err).__name__, err, where)
@@ -71,16 +71,14 @@ def scalar_metrics(record: dict) -> dict[str, float | int | bool]:
     }
 
 
-def exit_histogram(record: dict, summary: dict | None) -> dict[int, int]:
-    """Exits per layer during decoding; the record holds it as a JSON string, the summary as a dict."""
-    hist = (summary or {}).get("metrics", {}).get("exit_histogram")
-    if hist is None:
-        raw = record.get("metric.exit_histogram")
-        hist = json.loads(raw) if isinstance(raw, str) else {}
+def exit_histogram(record: dict) -> dict[int, int]:
+    """Exits per layer during decoding (the record holds it as a JSON string)."""
+    raw = record.get("metric.exit_histogram")
+    hist = json.loads(raw) if isinstance(raw, str) else {}
     return {int(layer): int(count) for layer, count in sorted(hist.items(), key=lambda kv: int(kv[0]))}
 
 
-def _log_wandb(lcfg: DictConfig, flat_config: dict, record: dict, summary: dict | None) -> None:
+def _log_wandb(lcfg: DictConfig, flat_config: dict, record: dict) -> None:
     import wandb  # only when asked for: importing wandb is slow and it is an optional sink
 
     failed = record.get("status") != "ok"
@@ -99,13 +97,13 @@ def _log_wandb(lcfg: DictConfig, flat_config: dict, record: dict, summary: dict 
     )
     try:
         payload: dict[str, Any] = dict(scalar_metrics(record))
-        hist = exit_histogram(record, summary)
+        hist = exit_histogram(record)
         if hist:
             total = sum(hist.values()) or 1
             rows = [[str(layer), count, count / total] for layer, count in hist.items()]
             table = wandb.Table(columns=["layer", "exits", "share"], data=rows)
             payload["exit_histogram"] = wandb.plot.bar(table, "layer", "exits", title="exits per layer")
-        per_head = (summary or {}).get("per_head")
+        per_head = json.loads(record["per_head"]) if record.get("per_head") else None
         if per_head:
             columns = sorted({k for stats in per_head.values() for k in stats})
             data = [[int(layer), *(stats.get(c) for c in columns)] for layer, stats in per_head.items()]

@@ -32,7 +32,7 @@ from earlyexit.policy import ThresholdPolicy
 from earlyexit.report import format_summary
 from earlyexit.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.timing import environment
-from earlyexit.train import TrainConfig, head_agreement
+from earlyexit.train import TrainConfig
 
 log = logging.getLogger(__name__)
 DTYPES = {
@@ -127,7 +127,7 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
     else:
         record = make_record(flat, summary["metrics"], env, per_head=summary["per_head"])
     store.append(record)
-    log_run(cfg, flat, record, summary)  # after the append: a tracker never costs the local record
+    log_run(cfg, flat, record)  # after the append: a tracker never costs the local record
     if failure is not None:
         if multirun:
             return None  # the sweep goes on
@@ -187,7 +187,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     full_ids, full = measure_decoding(
         make_strategy("full"), adapter, prompts, settings, b.repeats, b.warmup, True
     )
-    ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True)
+    if cfg.mode.name == "full":  # the baseline is the run: measure it once
+        ids, mode = full_ids, full
+    else:
+        ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True)
 
     log.info("stage 5/5: FLOPs and record")
     metrics.update({k: v for k, v in mode.items() if k != "exit_histogram"})
@@ -203,7 +206,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     metrics["heldout_early_exit_share"] = 1 - at_target["final"]
     metrics["heldout_agreement_at_target"] = at_target["agreement"]
     separation = separation_report(held.scores, held.agree)
-    agreement = head_agreement(adapter, heads, heldout, seq_len, max_tokens)
+    agreement = held.agreement()  # same held-out windows as train.head_agreement, no second pass
     check = heldout_check(cal, held.scores[metric], held.agree)
     per_head = {
         layer: {

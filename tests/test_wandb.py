@@ -205,8 +205,8 @@ def test_helpers():
     assert strip_wandb_args(argv) == ["run.py", "metric=margin"]
     record = {"metric.speedup": 1.2, "metric.exit_histogram": '{"7": 3, "1": 2}', "metric.ok": True, "x": 1}
     assert scalar_metrics(record) == {"speedup": 1.2, "ok": True}
-    assert exit_histogram(record, None) == {1: 2, 7: 3}
-    assert exit_histogram(record, {"metrics": {"exit_histogram": {2: 5}}}) == {2: 5}
+    assert exit_histogram(record) == {1: 2, 7: 3}
+    assert exit_histogram({}) == {}
     flat = {"model.name": "/a/b/pythia-410m", "mode.name": "layerskip", "mode.exit_layer": 4}
     assert run_name({**flat, "mode.draft_length": 6}) == "pythia-410m-layerskip-E4-K6"
-    log_run(OmegaConf.create({"logger": {"name": "none"}}), {}, {}, None)  # no tracker: nothing at all
+    log_run(OmegaConf.create({"logger": {"name": "none"}}), {}, {})  # no tracker: nothing at all

@@ -15,6 +15,7 @@ import torch
 
 from earlyexit.engine import ExitEngine, StepOutput
 from earlyexit.heads import HeadSet
+from earlyexit.timing import synchronize
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,11 @@ class Run:
         self.ids: list[int] = []
         self.stats = DecodeStats()
         self.heads = heads
-        self._sync = engine.adapter.device.type == "cuda"
+        self._head_flops0 = heads.flops if heads is not None else 0
         self._start = self._now()
 
     def _now(self) -> float:
-        if self._sync:
-            torch.cuda.synchronize()
+        synchronize(self.engine.adapter.device)
         return time.perf_counter()
 
     def prefill(self) -> None:
@@ -133,7 +133,6 @@ class Run:
         out = self.engine.forward(self.prompt)
         self.stats.forward_passes += 1
         self.emit([greedy(out.logits)])
-        self._head_flops0 = self.heads.flops if self.heads is not None else 0
 
     def forward(self, ids: torch.Tensor, exit_check=None) -> StepOutput:
         out = self.engine.forward(ids, exit_check)

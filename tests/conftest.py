@@ -11,6 +11,16 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+# Overrides that make a real `run.py` run on the embedded model take seconds, every stage included.
+TINY_RUN = [
+    "task=none",
+    "bench.prompts=2",
+    "bench.max_new_tokens=8",
+    "bench.repeats=1",
+    "bench.warmup=0",
+    "calibration.max_tokens=2048",
+]
+
 
 def tiny_gpt_neox(
     layers: int = 6,

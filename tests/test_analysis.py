@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 
@@ -29,14 +30,6 @@ from earlyexit.results import EmptyResultsError, ResultStore, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT.parent / "shared" / "docs" / "DESIGN.md"
-TINY = [
-    "task=none",
-    "bench.prompts=2",
-    "bench.max_new_tokens=8",
-    "bench.repeats=1",
-    "bench.warmup=0",
-    "calibration.max_tokens=2048",
-]
 RUNS = [
     ["mode=full"],
     *[
@@ -248,7 +241,7 @@ def store(tmp_path_factory) -> Path:
     paths = [f"results.path={tmp / 'records.jsonl'}", f"cache_dir={tmp / 'cache'}"]
     for overrides in RUNS:  # the first run tokenises the corpus; the others read its cached streams
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*overrides, *TINY, *paths])
+            cfg = compose(config_name="config", overrides=[*overrides, *TINY_RUN, *paths])
         runner.record_run(cfg)
     return tmp / "records.jsonl"
 

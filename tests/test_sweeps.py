@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -184,12 +185,7 @@ def test_one_rendered_command_runs(tmp_path, tmp_path_factory):
     params = draw(sweep)[0]
     assert params["model"] == "embedded"
     command = agent_command(sweep, params) + [
-        "task=none",
-        "bench.prompts=2",
-        "bench.max_new_tokens=8",
-        "bench.repeats=1",
-        "bench.warmup=0",
-        "calibration.max_tokens=2048",
+        *TINY_RUN,
         f"results.path={tmp_path / 'records.jsonl'}",
         f"cache_dir={tmp_path_factory.getbasetemp() / 'earlyexit-cache'}",  # shared with test_wandb
         f"hydra.run.dir={tmp_path / 'hydra'}",

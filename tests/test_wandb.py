@@ -15,19 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN
 from omegaconf import OmegaConf
 
 from earlyexit.loggers import exit_histogram, log_run, run_name, scalar_metrics, strip_wandb_args
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "task=none",
-    "bench.prompts=2",
-    "bench.max_new_tokens=8",
-    "bench.repeats=1",
-    "bench.warmup=0",
-    "calibration.max_tokens=2048",
-]
 WANDB_ARG = "_wandb={'cli_version': '0.31.0', 'code_path': 'code/run.py', 'python_version': '3.11.7'}"
 
 
@@ -59,7 +52,7 @@ def run_app(tmp_path: Path, cache: Path, *args: str, multirun: bool = False) -> 
         f"cache_dir={cache}",
         f"hydra.run.dir={tmp_path / 'hydra'}",
         f"hydra.sweep.dir={tmp_path / 'hydra-multi'}",
-        *TINY,
+        *TINY_RUN,
         *args,
     ]
     return subprocess.run(

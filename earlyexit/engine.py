@@ -15,13 +15,21 @@ also yields their final logits, which is exactly what speculative verification n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from earlyexit.adapter import ModelAdapter
 from earlyexit.flops import attention_flops, linear_flops, unembed_flops
+from earlyexit.graphs import Capture, GraphCache, kv_bucket
 from earlyexit.kv_cache import StaticKVCache
+
+# On CUDA, SDPA may pick cuDNN attention, which builds a new plan for every KV length
+# (45-61 ms per step, DESIGN.md); the memory-efficient kernel takes our boolean mask and
+# does not. Math stays as the fallback for shapes it cannot take.
+CUDA_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Called with (exit layer, hidden state of the newest token after that layer); returns
 # the logits to emit if the token exits there, or None to continue deeper.
@@ -58,6 +66,8 @@ class ExitEngine:
         exit_layers: Sequence[int] = (),
         max_len: int | None = None,
         static_kv_len: bool = False,
+        graphs: Capture | None = None,
+        max_graph_rows: int = 8,
     ) -> None:
         num_layers = adapter.num_layers
         bad = [k for k in exit_layers if not 0 <= k < num_layers - 1]
@@ -78,6 +88,14 @@ class ExitEngine:
         )
         self.length = 0
         self.pending: list[Pending] = []
+        # Segments of up to `max_graph_rows` rows replay captured graphs (decode steps and
+        # verification passes); prefill and larger catch-up passes run eagerly.
+        self.graphs = GraphCache(graphs) if graphs is not None else None
+        self.max_graph_rows = max_graph_rows
+        self._all_positions = torch.arange(self.max_len, device=adapter.device)
+        self._attention = (
+            (lambda: sdpa_kernel(CUDA_ATTENTION)) if adapter.device.type == "cuda" else nullcontext
+        )
         self._layer_flops = [linear_flops(layer) for layer in adapter.layers]
         self._pass_flops = 0
 
@@ -100,6 +118,10 @@ class ExitEngine:
         `exit_check` is consulted at each exit layer for a single new token; prefill of
         several tokens always runs to full depth.
         """
+        with self._attention():
+            return self._forward(input_ids, exit_check)
+
+    def _forward(self, input_ids: torch.Tensor, exit_check: ExitCheck | None) -> StepOutput:
         ids = input_ids.reshape(-1)
         n = ids.numel()
         if n == 0:
@@ -131,7 +153,7 @@ class ExitEngine:
                     self.pending.extend(Pending(p, end, h) for p, h in zip(positions, hidden, strict=True))
                     self.length += n
                     return StepOutput(logits, end, layer_rows=layer_rows, flops=self._pass_flops)
-        final = adapter.unembed(adapter.final_norm(hidden))
+        final = self._unembed(hidden)
         self._pass_flops += unembed_flops(adapter) * len(positions)
         self.length += n
         return StepOutput(
@@ -144,20 +166,56 @@ class ExitEngine:
         )
 
     def _run_segment(self, start: int, end: int, hidden: torch.Tensor, positions: list[int]) -> torch.Tensor:
-        """Run layers start..end on the rows; shapes depend only on the row count."""
+        """Run layers start..end on the rows (graph replay when one fits, else eager)."""
+        rows = len(positions)
+        pos = self._position_tensor(positions)
+        if self.graphs is not None and rows <= self.max_graph_rows:
+            kv_len = kv_bucket(positions[-1] + 1, self.max_len)
+            out = self.graphs.run(
+                ("segment", start, end, rows, kv_len),
+                (hidden, pos),
+                lambda h, p: self._segment(start, end, h, p, kv_len),
+            )
+        else:
+            kv_len = self.max_len if self.static_kv_len else positions[-1] + 1
+            out = self._segment(start, end, hidden, pos, kv_len)
+        per_row = sum(self._layer_flops[start : end + 1]) + (end - start + 1) * attention_flops(
+            self.adapter, kv_len
+        )
+        self._pass_flops += per_row * rows
+        return out
+
+    def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + the model's unembedding: [rows, d] -> [rows, V]."""
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            return self.adapter.unembed(self.adapter.final_norm(h))
+
+        if self.graphs is not None and len(hidden) <= self.max_graph_rows:
+            return self.graphs.run(("unembed", len(hidden)), (hidden,), head)
+        return head(hidden)
+
+    def _position_tensor(self, positions: list[int]) -> torch.Tensor:
+        # Decode rows are consecutive positions: a view of a device arange, no host copy.
+        if positions[-1] - positions[0] + 1 == len(positions):
+            return self._all_positions[positions[0] : positions[-1] + 1]
+        return torch.tensor(positions, dtype=torch.long, device=self._all_positions.device)
+
+    def _segment(
+        self, start: int, end: int, hidden: torch.Tensor, pos: torch.Tensor, kv_len: int
+    ) -> torch.Tensor:
+        """Layers start..end on `hidden` [rows, d] at positions `pos`, attending over `kv_len` keys.
+
+        Reads nothing but its arguments, the weights and the KV buffers, so it can be
+        captured as a graph with `hidden` and `pos` as the static inputs.
+        """
         adapter, cache = self.adapter, self.cache
-        device = hidden.device
-        pos = torch.tensor(positions, dtype=torch.long, device=device)
         cache.positions = pos
-        cache.kv_len = self.max_len if self.static_kv_len else positions[-1] + 1
-        keys = torch.arange(cache.kv_len, device=device)
+        cache.kv_len = kv_len
+        keys = self._all_positions[:kv_len]
         mask = (keys[None, :] <= pos[:, None])[None, None]  # [1, 1, rows, kv_len]
         h = hidden[None]
         pos_emb = adapter.position_embeddings(h, pos)
         for index in range(start, end + 1):
             h = adapter.run_layer(index, h, mask, pos_emb, cache)
-        per_row = sum(self._layer_flops[start : end + 1]) + (end - start + 1) * attention_flops(
-            adapter, cache.kv_len
-        )
-        self._pass_flops += per_row * len(positions)
         return h[0]

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from earlyexit.adapter import ModelAdapter
+from earlyexit.graphs import GraphCache
 
 ARCHITECTURES = ("linear", "shared", "mlp", "lowrank")
 PLACEMENTS = ("explicit", "even", "every")
@@ -140,6 +141,8 @@ class HeadSet(nn.Module):
         init = adapter.unembed.weight.detach().float().cpu()
         self.heads = nn.ModuleDict({str(k): self._build(init) for k in spec.layers})
         self.flops = 0  # analytic FLOPs of every head evaluation so far (see earlyexit/flops.py)
+        # Set to a GraphCache (earlyexit/graphs.py) to replay single-token head calls as graphs.
+        self.graphs: GraphCache | None = None
         self._flops_per_row = 2 * self._macs()  # computed once: forward is on the decode hot path
         if spec.architecture != "shared":
             self.to(device=adapter.device, dtype=adapter.dtype)
@@ -161,8 +164,13 @@ class HeadSet(nn.Module):
 
     def forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the head at `layer` for hidden states `[..., d]` taken after that layer."""
-        norm, unembed = self._backbone
         self.flops += self._flops_per_row * (hidden.numel() // hidden.shape[-1])
+        if self.graphs is not None and hidden.dim() == 1:
+            return self.graphs.run(("head", layer), (hidden,), lambda h: self._logits(layer, h))
+        return self._logits(layer, hidden)
+
+    def _logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        norm, unembed = self._backbone
         x = norm(hidden)
         if self.spec.architecture == "shared":
             return unembed(x)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +17,8 @@ from tqdm.auto import tqdm
 from earlyexit.adapter import ModelAdapter
 from earlyexit.decoding import DecodeSettings, Strategy
 from earlyexit.engine import ExitEngine
+from earlyexit.graphs import Capture, GraphCache
+from earlyexit.heads import HeadSet
 
 
 def prompt_set(stream: torch.Tensor, n: int, length: int, seed: int) -> list[torch.Tensor]:
@@ -34,20 +38,26 @@ def measure_decoding(
     repeats: int = 3,
     warmup: int = 1,
     progress: bool = False,
+    graphs: Capture | None = None,
 ) -> tuple[list[list[int]], dict]:
-    """Generated ids per prompt and aggregate statistics (per-prompt medians over repeats)."""
-    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers)
-    for _ in range(warmup):
-        strategy.generate(engine, prompts[0], settings)
+    """Generated ids per prompt and aggregate statistics (per-prompt medians over repeats).
+
+    With `graphs` (earlyexit/graphs.py) the engine's segments and the strategy's heads are
+    replayed as captured graphs; capture happens on first use, so warm-up covers most of it.
+    """
+    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers, graphs=graphs)
     outputs, runs = [], []
-    for prompt in tqdm(prompts, desc=f"benchmark {strategy.name}", disable=not progress):
-        results = sorted(
-            (strategy.generate(engine, prompt, settings) for _ in range(repeats)),
-            key=lambda r: r.stats.total_s,
-        )
-        median = results[len(results) // 2]
-        outputs.append(median.ids)
-        runs.append(median.stats)
+    with _graphed_heads(strategy.heads, graphs):
+        for _ in range(warmup):
+            strategy.generate(engine, prompts[0], settings)
+        for prompt in tqdm(prompts, desc=f"benchmark {strategy.name}", disable=not progress):
+            results = sorted(
+                (strategy.generate(engine, prompt, settings) for _ in range(repeats)),
+                key=lambda r: r.stats.total_s,
+            )
+            median = results[len(results) // 2]
+            outputs.append(median.ids)
+            runs.append(median.stats)
     tpots = [s.tpot_s for s in runs]
     drafted = sum(s.drafted for s in runs)
     histogram = Counter()
@@ -72,4 +82,18 @@ def measure_decoding(
         "exit_histogram": dict(sorted(histogram.items())),
         "prompts": len(prompts),
         "repeats": repeats,
+        "graphs_captured": len(engine.graphs) if engine.graphs is not None else 0,
     }
+
+
+@contextmanager
+def _graphed_heads(heads: HeadSet | None, graphs: Capture | None) -> Iterator[None]:
+    """Heads replay graphs inside the block only, so the same HeadSet can be timed eager after."""
+    if heads is None or graphs is None:
+        yield
+        return
+    previous, heads.graphs = heads.graphs, GraphCache(graphs)
+    try:
+        yield
+    finally:
+        heads.graphs = previous

@@ -94,6 +94,11 @@ class Strategy(Protocol):
     @property
     def exit_layers(self) -> list[int]: ...
 
+    @property
+    def heads(self) -> HeadSet | None:
+        """The exit heads the mode evaluates (None for `full`)."""
+        ...
+
     def generate(
         self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings
     ) -> DecodeResult: ...

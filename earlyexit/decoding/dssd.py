@@ -12,6 +12,7 @@ import torch
 from earlyexit.decoding.base import DecodeResult, DecodeSettings
 from earlyexit.decoding.speculative import speculative_generate
 from earlyexit.engine import ExitEngine
+from earlyexit.heads import HeadSet
 from earlyexit.policy import ThresholdPolicy
 
 
@@ -26,6 +27,10 @@ class DSSDDecoding:
     @property
     def exit_layers(self) -> list[int]:
         return self.policy.exit_layers
+
+    @property
+    def heads(self) -> HeadSet:
+        return self.policy.heads
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
         return speculative_generate(

@@ -9,6 +9,7 @@ import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
 from earlyexit.engine import ExitEngine
+from earlyexit.heads import HeadSet
 from earlyexit.policy import ThresholdPolicy
 
 
@@ -21,6 +22,10 @@ class EarlyExitDecoding:
     @property
     def exit_layers(self) -> list[int]:
         return self.policy.exit_layers
+
+    @property
+    def heads(self) -> HeadSet:
+        return self.policy.heads
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
         run = Run(engine, prompt, settings, self.exit_layers, self.policy.heads)

@@ -11,6 +11,8 @@ from earlyexit.engine import ExitEngine
 class FullDecoding:
     name = "full"
 
+    heads = None
+
     @property
     def exit_layers(self) -> list[int]:
         return []

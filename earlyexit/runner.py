@@ -23,6 +23,7 @@ from earlyexit.artifacts import cached_json, cached_token_streams, prepare_heads
 from earlyexit.calibrate import Calibration, calibrate, heldout_check, separation_report, validate_targets
 from earlyexit.confidence import get_metric
 from earlyexit.decoding import LOSSLESS, DecodeSettings, check_mode, make_strategy
+from earlyexit.graphs import default_capture
 from earlyexit.head_stats import collect_head_stats, exit_shares
 from earlyexit.heads import HeadSpec, head_cost_ratio, place_heads
 from earlyexit.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
@@ -90,6 +91,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
     check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
     _positive(cfg, "bench.prompts", "bench.prompt_len", "bench.max_new_tokens", "bench.repeats")
+    if cfg.bench.get("cuda_graphs"):
+        try:
+            default_capture(cfg.device)
+        except ValueError as err:
+            raise ValueError(f"bench.cuda_graphs=true with device={cfg.device}: {err}") from None
     if cfg.task.names:
         from earlyexit.evaluate import validate_tasks  # lm-eval is slow to import: only when needed
 
@@ -184,13 +190,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     b = cfg.bench
     prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
     settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
+    graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
     full_ids, full = measure_decoding(
-        make_strategy("full"), adapter, prompts, settings, b.repeats, b.warmup, True
+        make_strategy("full"), adapter, prompts, settings, b.repeats, b.warmup, True, graphs
     )
     if cfg.mode.name == "full":  # the baseline is the run: measure it once
         ids, mode = full_ids, full
     else:
-        ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True)
+        ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True, graphs)
 
     log.info("stage 5/5: FLOPs and record")
     metrics.update({k: v for k, v in mode.items() if k != "exit_histogram"})

@@ -7,9 +7,10 @@ Prints and stores (JSON, under benchmarks/results/) tokens/s, time per output to
 the ratio to `full` and to transformers' `generate`, per-component times (one layer, one
 head, one verification pass) and the bandwidth roofline, with machine, dtype and versions.
 Random-weight Pythia shapes have meaningless exits, so only full, layerskip (a fixed
-pattern whose cost is real) and the components are timed there. Timings are eager
-PyTorch; CUDA-graph capture of segments is not implemented yet (the engine's segments
-are shaped for it). Kept free of Hydra, pandas and lm-eval so it runs on a bare GPU box.
+pattern whose cost is real) and the components are timed there. Every mode and component
+is timed eagerly and, on CUDA, again with segments and heads replayed as CUDA graphs
+(earlyexit/graphs.py); the two are stored side by side, never mixed. Kept free of Hydra,
+pandas and lm-eval so it runs on a bare GPU box.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from earlyexit.decoding import (
     LayerSkipDecoding,
 )
 from earlyexit.engine import ExitEngine
+from earlyexit.graphs import Capture, GraphCache, ReplayCapture, default_capture, kv_bucket
 from earlyexit.head_stats import collect_head_stats
 from earlyexit.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
@@ -92,33 +94,94 @@ def run_hf(adapter, prompts, settings, repeats):
 
 
 @torch.no_grad()
-def components(adapter, heads, args) -> dict:
-    """Eager per-component times at a mid-length context: what the cost model is made of."""
+def components(adapter, heads, args, graphs: Capture | None = None) -> dict:
+    """Per-component times (ms) at a mid-length context: what the cost model is made of.
+
+    With `graphs`, each component is one captured graph replayed (attending over the KV
+    bucket a graphed decode step uses); without, it runs eagerly as eager decoding does.
+    """
     device = adapter.device
-    engine = ExitEngine(adapter, exit_layers=heads.layers)
+    engine = ExitEngine(adapter, exit_layers=heads.layers, graphs=graphs)
     ctx = args.prompt_len
     engine.forward(torch.randint(0, 100, (ctx,)))
     hidden = torch.randn(1, adapter.hidden_size, device=device, dtype=adapter.dtype)
     L, E, K = adapter.num_layers, heads.layers[args.layerskip_head], args.draft_length
-    timed = {
-        "one_layer": lambda: engine._run_segment(0, 0, hidden, [ctx]),
-        "all_layers": lambda: engine._run_segment(0, L - 1, hidden, [ctx]),
-        "head": lambda: heads(E, hidden),
-        "unembed": lambda: adapter.unembed(adapter.final_norm(hidden)),
-        f"verify_{K + 1}_rows_layers_{E + 1}_to_{L - 1}": lambda: engine._run_segment(
-            E + 1, L - 1, hidden.expand(K + 1, -1).contiguous(), list(range(ctx, ctx + K + 1))
+    rows = hidden.expand(K + 1, -1).contiguous()
+    kv = kv_bucket(ctx + K + 1, engine.max_len) if graphs else ctx + K + 1
+    pos = torch.arange(ctx, ctx + K + 1, device=device)
+    parts = {  # name -> (function, inputs)
+        "one_layer": (lambda h, p: engine._segment(0, 0, h, p, kv), (hidden, pos[:1])),
+        "all_layers": (lambda h, p: engine._segment(0, L - 1, h, p, kv), (hidden, pos[:1])),
+        "head": (lambda h: heads._logits(E, h), (hidden[0],)),
+        "unembed": (lambda h: adapter.unembed(adapter.final_norm(h)), (hidden,)),
+        f"verify_{K + 1}_rows_layers_{E + 1}_to_{L - 1}": (
+            lambda h, p: engine._segment(E + 1, L - 1, h, p, kv),
+            (rows, pos),
         ),
-        "decode_step_full": lambda: (engine.truncate(ctx), engine.forward(torch.tensor([1]))),
     }
-    return {
-        name: 1e3 * time_call(fn, device, 3, args.component_repeats)["median_s"] for name, fn in timed.items()
+    cache = GraphCache(graphs) if graphs else None
+    timed = {
+        name: (lambda fn=fn, x=x, name=name: cache.run((name,), x, fn))
+        if cache
+        else (lambda fn=fn, x=x: fn(*x))
+        for name, (fn, x) in parts.items()
     }
+    # A whole decode step through the engine (graphed segments + unembedding when `graphs`).
+    timed["decode_step_full"] = lambda: (engine.truncate(ctx), engine.forward(torch.tensor([1])))
+    with engine._attention():
+        return {
+            name: 1e3 * time_call(fn, device, 3, args.component_repeats)["median_s"]
+            for name, fn in timed.items()
+        }
 
 
 def weight_bytes_per_token(adapter) -> int:
     layers = sum(p.numel() * p.element_size() for p in adapter.layers.parameters())
     unembed = adapter.unembed.weight.numel() * adapter.unembed.weight.element_size()
     return layers + unembed
+
+
+def graph_capture(choice: str, device: torch.device) -> Capture | None:
+    if choice == "replay":
+        return ReplayCapture
+    if choice == "cuda" or (choice == "auto" and device.type == "cuda"):
+        return default_capture(device)
+    return None
+
+
+def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture | None):
+    """Best round per mode: eager modes, HF `generate`, and with `capture` the graphed modes.
+
+    Modes are measured round-robin and each keeps its fastest round: whichever mode runs
+    first in a fresh process otherwise pays for allocator and thread-pool warm-up (seen as a
+    4x slower `full` on CPU), and a burst of load on a shared machine hits one round, not one
+    mode. Graphed modes are stored as "<mode> (graphs)"; speedups are against eager `full`.
+    """
+    results, outputs = {}, {}
+
+    def keep(name, ids, stats):
+        if name not in results or stats["tpot_ms"] < results[name]["tpot_ms"]:
+            outputs[name], results[name] = ids, stats
+
+    for round_ in range(args.rounds):
+        for name, strategy in strategies.items():
+            keep(name, *measure_decoding(strategy, adapter, prompts, settings, args.repeats))
+            if capture is not None:
+                keep(
+                    f"{name} (graphs)",
+                    *measure_decoding(strategy, adapter, prompts, settings, args.repeats, graphs=capture),
+                )
+        keep("hf-generate", *run_hf(adapter, prompts, settings, args.repeats))
+        print(
+            f"round {round_ + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {r['tpot_ms']:.2f}" for n, r in results.items())
+            + " ms/token (best so far)"
+        )
+    for name, r in results.items():
+        r["speedup_vs_full"] = r["tokens_per_s"] / results["full"]["tokens_per_s"]
+        r["speedup_vs_hf_generate"] = r["tokens_per_s"] / results["hf-generate"]["tokens_per_s"]
+        print(f"{name:20s} {r['tokens_per_s']:9.1f} tok/s  {r['tpot_ms']:7.2f} ms/token")
+    return results, outputs
 
 
 def main() -> None:
@@ -143,36 +206,35 @@ def main() -> None:
     p.add_argument("--draft-length", type=int, default=4)
     p.add_argument("--max-draft", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--graphs",
+        choices=("auto", "cuda", "off", "replay"),
+        default="auto",
+        help="also time every mode and component as replayed graphs: auto = cuda on a CUDA "
+        "device, else off; replay = the CPU stand-in (no speed-up; checks the graph path runs)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
 
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    try:  # before any loading
+        capture = graph_capture(args.graphs, torch.device(args.device))
+    except ValueError as err:
+        p.error(str(err))
     adapter, heads, prompts, thresholds = build(args)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
-    results, outputs = {}, {}
-    # Modes are measured round-robin and each keeps its fastest round: whichever mode runs first
-    # in a fresh process otherwise pays for allocator and thread-pool warm-up (seen as a 4x slower
-    # `full` on CPU), and a burst of load on a shared machine hits one round, not one mode.
     strategies = modes(heads, thresholds, args)
-    for round_ in range(args.rounds):
-        for name, strategy in strategies.items():
-            ids, stats = measure_decoding(strategy, adapter, prompts, settings, args.repeats)
-            if name not in results or stats["tpot_ms"] < results[name]["tpot_ms"]:
-                outputs[name], results[name] = ids, stats
-        ids, stats = run_hf(adapter, prompts, settings, args.repeats)
-        if "hf-generate" not in results or stats["tpot_ms"] < results["hf-generate"]["tpot_ms"]:
-            outputs["hf-generate"], results["hf-generate"] = ids, stats
-        print(
-            f"round {round_ + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {r['tpot_ms']:.2f}" for n, r in results.items())
-            + " ms/token (best so far)"
-        )
-    for name, r in results.items():
-        print(f"{name:12s} {r['tokens_per_s']:9.1f} tok/s  {r['tpot_ms']:7.2f} ms/token")
-    for r in results.values():
-        r["speedup_vs_full"] = r["tokens_per_s"] / results["full"]["tokens_per_s"]
-        r["speedup_vs_hf_generate"] = r["tokens_per_s"] / results["hf-generate"]["tokens_per_s"]
+    results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture)
     lossless = {
-        n: outputs[n] == outputs["full"] for n in ("layerskip", "dssd", "hf-generate") if n in outputs
+        n: outputs[n] == outputs["full"]
+        for n in (
+            "layerskip",
+            "dssd",
+            "hf-generate",
+            *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
+        )
+        if n in outputs
     }
     layerskip_hf = hf_layerskip(adapter.model, prompts[0], 8, heads.layers[args.layerskip_head])
     synchronize(adapter.device)
@@ -189,17 +251,27 @@ def main() -> None:
         "outputs_equal_full": lossless,
         "hf_layerskip": {"status": layerskip_hf.status, "reason": layerskip_hf.reason},
         "components_ms": components(adapter, heads, args),
+        "components_ms_graphs": components(adapter, heads, args, capture) if capture else None,
         "roofline": {
             "weight_bytes_per_token": wbytes,
             "copy_bandwidth_GBps": bandwidth / 1e9,
             "roofline_ms_per_token": 1e3 * wbytes / bandwidth,
         },
-        "cuda_graphs": "not implemented",
+        "graphs": args.graphs if capture else f"off ({args.graphs}, device {adapter.device.type})",
         "unix_time": int(time.time()),
     }
     print(
         json.dumps(
-            {k: record[k] for k in ("outputs_equal_full", "hf_layerskip", "components_ms", "roofline")},
+            {
+                k: record[k]
+                for k in (
+                    "outputs_equal_full",
+                    "hf_layerskip",
+                    "components_ms",
+                    "components_ms_graphs",
+                    "roofline",
+                )
+            },
             indent=1,
         )
     )

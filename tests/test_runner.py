@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
 from transformers import GPTNeoXForCausalLM
 
@@ -78,6 +79,10 @@ def test_pythia_configs_build_the_right_architecture(name):
         ),
         (["task.names=[no_such_task]"], "no_such_task"),
         (["bench.prompts=0"], "bench.prompts=0 must be an integer >= 1"),
+        (
+            ["bench.cuda_graphs=true"],
+            "bench.cuda_graphs=true with device=cpu: CUDA graphs need a CUDA device, got 'cpu'",
+        ),
     ],
 )
 def test_bad_values_fail_before_any_model_loads(overrides, message):
@@ -89,6 +94,19 @@ def test_pythia_layer_bounds_are_checked_offline():
     with pytest.raises(ValueError, match=r"\[30\] outside \[0, 23\)"):
         validate(config("model=pythia-410m", "heads.placement=explicit", "heads.layers=[30]"))
     validate(config("model=pythia-2.8b", "heads.placement=explicit", "heads.layers=[30]"))
+
+
+def test_cuda_graphs_option_times_both_modes_through_graphs(tmp_path, monkeypatch):
+    """The option reaches the engine and the heads for the mode and its `full` baseline alike
+    (CPU replay stand-in in place of CUDA graphs, which this machine cannot capture)."""
+    import earlyexit.runner as runner
+    from earlyexit.graphs import ReplayCapture
+
+    monkeypatch.setattr(runner, "default_capture", lambda device: ReplayCapture)
+    cfg = config(*TINY_RUN, "bench.cuda_graphs=true", f"cache_dir={tmp_path}")
+    metrics = runner.run(cfg, tmp_path)["metrics"]
+    assert metrics["graphs_captured"] > 0 and metrics["full_graphs_captured"] > 0
+    assert metrics["outputs_equal_full"] and 0 <= metrics["acceptance_rate"] <= 1
 
 
 def run_app(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -29,7 +29,7 @@ X_AXES = {
 
 
 def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
-    """(a) Speed-accuracy points and per-series Pareto fronts, one panel per model.
+    """(a) Speed-accuracy points and per-series Pareto fronts, one panel per model and timing regime.
 
     Series: early-exit per metric (over targets), DSSD per metric (each point a target), the
     LayerSkip (E, K) grid and full; filled markers are on their series' front, the dashed grey line
@@ -43,10 +43,10 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
     dropped = len(df) - len(data)
     if dropped:
         log.info("speed-accuracy (%s): %d run(s) without %s or %s left out", x, dropped, x, y)
-    models = unique(data["model"])
-    fig, axes = panel_grid(len(models))
-    for ax, model in zip(axes, models, strict=True):
-        part = mark_fronts(data[data["model"] == model], x, y)
+    panels = unique(zip(data["model"], data["timing"], strict=True))
+    fig, axes = panel_grid(len(panels))
+    for ax, (model, timing) in zip(axes, panels, strict=True):
+        part = mark_fronts(data[(data["model"] == model) & (data["timing"] == timing)], x, y)
         colors = iter(f"C{i}" for i in range(100))
         labelled = 0
         for group in unique(part["group"]):
@@ -82,7 +82,8 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
             ax.plot(overall[x], overall[y], color="0.4", linestyle="--", linewidth=1, label="overall front")
         ax.axhline(0.0, color="0.7", linewidth=0.8, linestyle=":")
         ax.axvline(reference, color="0.7", linewidth=0.8, linestyle=":")
-        ax.set(title=model_title(model, part), xlabel=xlabel, ylabel=ylabel)
+        title = model_title(model, part) + ("" if timing == "eager" else f" · {timing}")
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.legend(fontsize=7)
     return fig
 

@@ -56,6 +56,7 @@ KEY_COLUMNS: dict[str, str] = {
     "outputs_equal_full": "metric.outputs_equal_full",
     "device": "env.device",
     "device_name": "env.device_name",
+    "cuda_graphs": "config.bench.cuda_graphs",
 }
 META_COLUMNS = ("run_id", "config_key", "status", "created_at", "source")
 # The accuracy number of a task, in order of preference. Perplexities are left out on purpose:
@@ -149,6 +150,8 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     for name in ("target", "exit_layer", "draft_length", "max_draft", "speedup", "flops_saved"):
         df[name] = pd.to_numeric(df[name], errors="coerce")
     df["lossless"] = df["mode"].isin(LOSSLESS_MODES)
+    # Eager and CUDA-graph latencies are different regimes: fronts and panels keep them apart.
+    df["timing"] = np.where(df["cuda_graphs"].eq(True), "CUDA graphs", "eager")
     # These describe the calibrated thresholds, which modes without a confidence threshold never use
     # (the runner still records them at the config's defaults).
     unused = ["metric", "target", "exit_share", "agreement"]
@@ -167,7 +170,8 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     # run has, even without an lm-eval task.
     df["agreement_delta"] = np.where(reproduces_full, 0.0, pd.to_numeric(df["agreement"]) - 1.0)
     df.loc[broken, "agreement_delta"] = np.nan
-    front = [*META_COLUMNS, *KEY_COLUMNS, "lossless", "acc", "acc_full", "acc_delta", "agreement_delta"]
+    derived = ["timing", "lossless", "acc", "acc_full", "acc_delta", "agreement_delta"]
+    front = [*META_COLUMNS, *KEY_COLUMNS, *derived]
     return df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
 
 

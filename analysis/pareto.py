@@ -22,7 +22,9 @@ import pandas as pd
 from analysis.load import THRESHOLD_MODES
 
 MODE_LABELS = {"full": "full", "early-exit": "early-exit", "dssd": "DSSD", "layerskip": "LayerSkip"}
-GROUP_KEYS = ("model", "group")
+# Fronts are per model, timing regime (eager or CUDA graphs) and series; a frame without a
+# timing column (built by hand) is one regime.
+GROUP_KEYS = ("model", "timing", "group")
 
 
 def pareto_mask(
@@ -71,14 +73,17 @@ def mark_fronts(
     df: pd.DataFrame,
     x: str,
     y: str,
-    by: Sequence[str] = GROUP_KEYS,
+    by: Sequence[str] | None = None,
     maximize: tuple[bool, bool] = (True, True),
 ) -> pd.DataFrame:
-    """A copy of ``df`` with ``group`` (see ``mode_group``) and ``on_front``, computed within each ``by``."""
+    """A copy of ``df`` with ``group`` (see ``mode_group``) and ``on_front``, computed within each
+    ``by`` (default: those of ``GROUP_KEYS`` that ``df`` has)."""
     out = df.copy()
     if "group" not in out:
         out["group"] = mode_group(out)
     out["on_front"] = False
+    if by is None:
+        by = [key for key in GROUP_KEYS if key in out]
     if out.empty:
         return out
     parts = [part for _, part in out.groupby(list(by), dropna=False, sort=False)] if by else [out]
@@ -91,13 +96,14 @@ def front(
     df: pd.DataFrame,
     x: str,
     y: str,
-    by: Sequence[str] = GROUP_KEYS,
+    by: Sequence[str] | None = None,
     maximize: tuple[bool, bool] = (True, True),
 ) -> pd.DataFrame:
     """Only the front rows, sorted by group then x (the order to draw the front's line in)."""
     marked = mark_fronts(df, x, y, by, maximize)
     rows = marked[marked["on_front"]]
-    return rows.sort_values([*by, x, y], kind="stable").reset_index(drop=True)
+    keys = [key for key in GROUP_KEYS if key in marked] if by is None else list(by)
+    return rows.sort_values([*keys, x, y], kind="stable").reset_index(drop=True)
 
 
 def accuracy_axis(df: pd.DataFrame) -> tuple[str, str]:

@@ -43,8 +43,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def measured_table(df: pd.DataFrame) -> str:
     """One row per run: the mode's settings, speed, FLOPs, accuracy and acceptance."""
     y, _ = accuracy_axis(df)
-    marked = mark_fronts(df, "speedup", y, by=["model"]).assign(_order=df["mode"].map(MODE_ORDER))
-    marked = marked.sort_values(["model", "_order", "metric", "target", "exit_layer", "draft_length"])
+    by = ["model", "timing"] if "timing" in df else ["model"]
+    marked = mark_fronts(df, "speedup", y, by=by).assign(_order=df["mode"].map(MODE_ORDER))
+    marked = marked.sort_values([*by, "_order", "metric", "target", "exit_layer", "draft_length"])
     header = [
         "model",
         "mode",
@@ -60,6 +61,7 @@ def measured_table(df: pd.DataFrame) -> str:
         "held-out early exits",
         "on front",
         "device",
+        "timing",
     ]
     rows = [
         [
@@ -77,6 +79,7 @@ def measured_table(df: pd.DataFrame) -> str:
             _num(r["exit_share"], ".1%"),
             "✓" if r["on_front"] else "",
             _text(r["device_name"] if pd.notna(r["device_name"]) else r["device"]),
+            _text(r.get("timing", "eager")),
         ]
         for _, r in marked.iterrows()
     ]

@@ -143,6 +143,24 @@ def test_tidy_picks_accuracy_over_perplexity_and_gives_lossless_modes_zero_loss(
     assert accuracy_axis(df)[0] == "acc_delta"
 
 
+def test_eager_and_cuda_graph_timings_get_their_own_fronts_and_panels(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    for graphs, speedup in ((False, 1.2), (True, 2.5)):
+        for target, delta in ((0.6, -0.3), (0.9, -0.1)):
+            metrics = {"speedup": speedup / target, "heldout_agreement_at_target": 1 + delta}
+            flat = {"calibration.target": target, "bench.cuda_graphs": graphs}
+            store.append(_record("early-exit", metrics, **flat))
+    store.append(_record("full", {"speedup": 1.0}))  # an older record without the setting: eager
+    df = load_results(store.path)
+    assert df["timing"].tolist() == ["eager", "eager", "CUDA graphs", "CUDA graphs", "eager"]
+    marked = mark_fronts(df, "speedup", "agreement_delta")
+    # Each regime has its own front: the faster graph runs do not push the eager ones off theirs.
+    assert marked.loc[marked["mode"] == "early-exit", "on_front"].all()
+    axes = FIGURES["speed_accuracy_speedup"](df).axes
+    titles = sorted(ax.get_title() for ax in axes if ax.get_title())
+    assert titles == ["m (cpu)", "m (cpu) · CUDA graphs"]
+
+
 def test_layerskip_default_exit_layer_is_the_deepest_head_and_repeats_keep_the_newest(tmp_path):
     store = ResultStore(tmp_path / "r.jsonl")
     per_head = {1: {"agreement": 0.4}, 5: {"agreement": 0.7}}

@@ -179,6 +179,7 @@ class ExitEngine:
         else:
             kv_len = self.max_len if self.static_kv_len else positions[-1] + 1
             out = self._segment(start, end, hidden, pos, kv_len)
+        # A graphed pass attends over (and so counts) the whole KV bucket: that work is done.
         per_row = sum(self._layer_flops[start : end + 1]) + (end - start + 1) * attention_flops(
             self.adapter, kv_len
         )

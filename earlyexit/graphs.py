@@ -19,6 +19,7 @@ inputs that bypass the static tensors, but not CUDA-only capture errors.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Protocol
 
 import torch
@@ -41,7 +42,7 @@ class CudaGraph:
         # Warm-up runs outside capture: lazy initialisation (cuBLAS handles, kernel choice)
         # must not happen during capture. It executes the body for real, which is safe here
         # because the static inputs already hold the call's real inputs (KV writes repeat).
-        stream = torch.cuda.Stream()
+        stream = _warmup_stream(torch.cuda.current_device())
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(warmup):
@@ -53,6 +54,13 @@ class CudaGraph:
 
     def replay(self) -> None:
         self.graph.replay()
+
+
+@cache
+def _warmup_stream(device_index: int) -> torch.cuda.Stream:
+    # One side stream for every warm-up: cuBLAS keeps a workspace per stream, so a fresh
+    # stream per capture would hold up to the stream pool's 32 of them.
+    return torch.cuda.Stream(device_index)
 
 
 class ReplayCapture:

@@ -43,13 +43,17 @@ def measure_decoding(
     """Generated ids per prompt and aggregate statistics (per-prompt medians over repeats).
 
     With `graphs` (earlyexit/graphs.py) the engine's segments and the strategy's heads are
-    replayed as captured graphs; capture happens on first use, so warm-up covers most of it.
+    replayed as captured graphs. Graphs are captured on first use, so warm-up then decodes
+    every prompt once (decoding is deterministic): no capture falls inside a timed call.
     """
     engine = ExitEngine(adapter, exit_layers=strategy.exit_layers, graphs=graphs)
     outputs, runs = [], []
-    with _graphed_heads(strategy.heads, graphs):
+    with _graphed_heads(strategy.heads, graphs) as head_graphs:
         for _ in range(warmup):
             strategy.generate(engine, prompts[0], settings)
+        if graphs is not None:
+            for prompt in prompts:
+                strategy.generate(engine, prompt, settings)
         for prompt in tqdm(prompts, desc=f"benchmark {strategy.name}", disable=not progress):
             results = sorted(
                 (strategy.generate(engine, prompt, settings) for _ in range(repeats)),
@@ -82,18 +86,18 @@ def measure_decoding(
         "exit_histogram": dict(sorted(histogram.items())),
         "prompts": len(prompts),
         "repeats": repeats,
-        "graphs_captured": len(engine.graphs) if engine.graphs is not None else 0,
+        "graphs_captured": len(engine.graphs or ()) + len(head_graphs or ()),
     }
 
 
 @contextmanager
-def _graphed_heads(heads: HeadSet | None, graphs: Capture | None) -> Iterator[None]:
+def _graphed_heads(heads: HeadSet | None, graphs: Capture | None) -> Iterator[GraphCache | None]:
     """Heads replay graphs inside the block only, so the same HeadSet can be timed eager after."""
     if heads is None or graphs is None:
-        yield
+        yield None
         return
     previous, heads.graphs = heads.graphs, GraphCache(graphs)
     try:
-        yield
+        yield heads.graphs
     finally:
         heads.graphs = previous

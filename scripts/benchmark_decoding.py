@@ -107,11 +107,16 @@ def components(adapter, heads, args, graphs: Capture | None = None) -> dict:
     hidden = torch.randn(1, adapter.hidden_size, device=device, dtype=adapter.dtype)
     L, E, K = adapter.num_layers, heads.layers[args.layerskip_head], args.draft_length
     rows = hidden.expand(K + 1, -1).contiguous()
-    kv = kv_bucket(ctx + K + 1, engine.max_len) if graphs else ctx + K + 1
+
+    def kv_len(n: int) -> int:
+        return n if graphs is None else kv_bucket(n, engine.max_len)
+
+    # KV lengths as a decode step (one row) and a verification pass (K + 1 rows) attend over.
+    kv1, kv = kv_len(ctx + 1), kv_len(ctx + K + 1)
     pos = torch.arange(ctx, ctx + K + 1, device=device)
     parts = {  # name -> (function, inputs)
-        "one_layer": (lambda h, p: engine._segment(0, 0, h, p, kv), (hidden, pos[:1])),
-        "all_layers": (lambda h, p: engine._segment(0, L - 1, h, p, kv), (hidden, pos[:1])),
+        "one_layer": (lambda h, p: engine._segment(0, 0, h, p, kv1), (hidden, pos[:1])),
+        "all_layers": (lambda h, p: engine._segment(0, L - 1, h, p, kv1), (hidden, pos[:1])),
         "head": (lambda h: heads._logits(E, h), (hidden[0],)),
         "unembed": (lambda h: adapter.unembed(adapter.final_norm(h)), (hidden,)),
         f"verify_{K + 1}_rows_layers_{E + 1}_to_{L - 1}": (

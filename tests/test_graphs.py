@@ -144,6 +144,38 @@ def test_measure_decoding_with_graphs_restores_the_heads():
     assert heads.graphs is None
 
 
+def test_no_graph_is_captured_inside_a_timed_decode():
+    """Capture is slow (and on CUDA synchronises): warm-up must reach every graph first."""
+    model = damped_model(4)
+    adapter = get_adapter(model)
+    heads = HeadSet(adapter, HeadSpec("shared", (1, 3)))
+    mode = DSSDDecoding(
+        ThresholdPolicy(heads, "entropy", quantile_thresholds(adapter, heads, "entropy", 0.3)), 4
+    )
+    captured, after_each_call = [], []
+
+    def counting_capture(body):
+        captured.append(1)
+        return ReplayCapture(body)
+
+    class Spy:
+        name, exit_layers, heads = mode.name, mode.exit_layers, mode.heads
+
+        def generate(self, engine, prompt, settings):
+            result = mode.generate(engine, prompt, settings)
+            after_each_call.append(len(captured))
+            return result
+
+    prompt_list = prompts(6, 4)
+    _, stats = measure_decoding(
+        Spy(), adapter, prompt_list, DecodeSettings(max_new_tokens=10), repeats=2, graphs=counting_capture
+    )
+    warmup_calls = 1 + len(prompt_list)
+    assert len(after_each_call) == warmup_calls + 2 * len(prompt_list)
+    assert set(after_each_call[warmup_calls - 1 :]) == {len(captured)} == {stats["graphs_captured"]}
+    assert after_each_call[0] < len(captured), "one prompt alone should not reach every graph"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graphs_are_lossless_on_gpu():
     model = damped_model(3).cuda()

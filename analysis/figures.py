@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from analysis.load import THRESHOLD_MODES, exit_histogram_table, per_head_table, unique
 from analysis.measures import acceptance_ratio
 from analysis.pareto import accuracy_axis, front, mark_fronts, mode_group, run_label
-from analysis.plotting import NoData, group_marker, metric_color, model_title, panel_grid, save
+from analysis.plotting import NoData, bar_offsets, group_marker, metric_color, model_title, panel_grid, save
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,11 @@ def fig_exit_histograms(df: pd.DataFrame) -> Figure:
         head_rows = heads[heads["run_id"].isin(runs)]
         layers = sorted({*part.loc[~part["final"], "layer"], *head_rows["layer"]})
         slots = [*map(str, layers), "final"]
-        width = 0.8 / len(runs)
         for i, run_id in enumerate(runs):
             rows = part[part["run_id"] == run_id]
             shares = [rows.loc[(rows["layer"] == k) & ~rows["final"], "share"].sum() for k in layers]
             shares.append(rows.loc[rows["final"], "share"].sum())
-            pos = np.arange(len(slots)) - 0.4 + width * (i + 0.5)
+            pos, width = bar_offsets(len(slots), i, len(runs))
             ax.bar(pos, shares, width, color=f"C{i}", label=run_label(rows.iloc[0]))
             held = heads[heads["run_id"] == run_id] if "heldout_exit_share" in heads else heads.iloc[:0]
             if rows.iloc[0]["mode"] in THRESHOLD_MODES and not held.empty:
@@ -150,9 +149,8 @@ def fig_separation(df: pd.DataFrame) -> Figure:
     fig, axes = panel_grid(len(panels))
     for ax, (model, arch) in zip(axes, panels, strict=True):
         part = table[(table["model"] == model) & (table["heads"] == arch)].sort_values("layer")
-        width = 0.8 / len(metrics)
         for i, column in enumerate(metrics):
-            pos = np.arange(len(part)) - 0.4 + width * (i + 0.5)
+            pos, width = bar_offsets(len(part), i, len(metrics))
             name = column.removeprefix("auroc_")
             ax.bar(pos, part[column], width, color=metric_color(name), label=name)
         ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1, label="chance")

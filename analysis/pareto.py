@@ -82,11 +82,10 @@ def mark_fronts(
     if "group" not in out:
         out["group"] = mode_group(out)
     out["on_front"] = False
-    if by is None:
-        by = [key for key in GROUP_KEYS if key in out]
     if out.empty:
         return out
-    parts = [part for _, part in out.groupby(list(by), dropna=False, sort=False)] if by else [out]
+    by = group_keys(out, by)
+    parts = [part for _, part in out.groupby(by, dropna=False, sort=False)] if by else [out]
     for part in parts:
         out.loc[part.index, "on_front"] = pareto_mask(part[x], part[y], maximize)
     return out
@@ -102,8 +101,12 @@ def front(
     """Only the front rows, sorted by group then x (the order to draw the front's line in)."""
     marked = mark_fronts(df, x, y, by, maximize)
     rows = marked[marked["on_front"]]
-    keys = [key for key in GROUP_KEYS if key in marked] if by is None else list(by)
-    return rows.sort_values([*keys, x, y], kind="stable").reset_index(drop=True)
+    return rows.sort_values([*group_keys(marked, by), x, y], kind="stable").reset_index(drop=True)
+
+
+def group_keys(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
+    """``by`` as given, or by default those of ``GROUP_KEYS`` that ``df`` has."""
+    return [key for key in GROUP_KEYS if key in df] if by is None else list(by)
 
 
 def accuracy_axis(df: pd.DataFrame) -> tuple[str, str]:

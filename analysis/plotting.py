@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,6 +19,12 @@ FORMATS = ("png", "pdf")
 MODE_MARKERS = {"full": "*", "early-exit": "o", "DSSD": "s", "LayerSkip": "^"}
 # One colour per confidence metric in every figure, so that a metric is recognised at a glance.
 METRIC_COLORS = {"entropy": "C0", "margin": "C1", "max-prob": "C2"}
+
+
+def bar_offsets(slots: int, index: int, count: int) -> tuple[np.ndarray, float]:
+    """x positions and width of bar series ``index`` of ``count`` grouped side by side per slot."""
+    width = 0.8 / count
+    return np.arange(slots) - 0.4 + width * (index + 0.5), width
 
 
 class NoData(Exception):

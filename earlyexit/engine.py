@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -94,7 +95,7 @@ class ExitEngine:
         self.max_graph_rows = max_graph_rows
         self._all_positions = torch.arange(self.max_len, device=adapter.device)
         self._attention = (
-            (lambda: sdpa_kernel(CUDA_ATTENTION)) if adapter.device.type == "cuda" else nullcontext
+            partial(sdpa_kernel, CUDA_ATTENTION) if adapter.device.type == "cuda" else nullcontext
         )
         self._layer_flops = [linear_flops(layer) for layer in adapter.layers]
         self._pass_flops = 0
@@ -187,14 +188,13 @@ class ExitEngine:
         return out
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm + the model's unembedding: [rows, d] -> [rows, V]."""
-
-        def head(h: torch.Tensor) -> torch.Tensor:
-            return self.adapter.unembed(self.adapter.final_norm(h))
-
+        """Final norm + the model's unembedding: [rows, d] -> [rows, V] (graphed when it fits)."""
         if self.graphs is not None and len(hidden) <= self.max_graph_rows:
-            return self.graphs.run(("unembed", len(hidden)), (hidden,), head)
-        return head(hidden)
+            return self.graphs.run(("unembed", len(hidden)), (hidden,), self._final_logits)
+        return self._final_logits(hidden)
+
+    def _final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.adapter.unembed(self.adapter.final_norm(hidden))
 
     def _position_tensor(self, positions: list[int]) -> torch.Tensor:
         # Decode rows are consecutive positions: a view of a device arange, no host copy.

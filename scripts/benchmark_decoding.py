@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -125,12 +126,11 @@ def components(adapter, heads, args, graphs: Capture | None = None) -> dict:
         ),
     }
     cache = GraphCache(graphs) if graphs else None
-    timed = {
-        name: (lambda fn=fn, x=x, name=name: cache.run((name,), x, fn))
-        if cache
-        else (lambda fn=fn, x=x: fn(*x))
-        for name, (fn, x) in parts.items()
-    }
+
+    def call(name, fn, inputs):
+        return cache.run((name,), inputs, fn) if cache else fn(*inputs)
+
+    timed = {name: partial(call, name, fn, x) for name, (fn, x) in parts.items()}
     # A whole decode step through the engine (graphed segments + unembedding when `graphs`).
     timed["decode_step_full"] = lambda: (engine.truncate(ctx), engine.forward(torch.tensor([1])))
     with engine._attention():

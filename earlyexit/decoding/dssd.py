@@ -34,5 +34,5 @@ class DSSDDecoding:
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
         return speculative_generate(
-            engine, prompt, settings, self.policy, self.max_draft, self.exit_layers, self.policy.heads
+            engine, prompt, settings, self.policy, self.max_draft, self.exit_layers, self.heads
         )

@@ -28,7 +28,7 @@ class EarlyExitDecoding:
         return self.policy.heads
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
-        run = Run(engine, prompt, settings, self.exit_layers, self.policy.heads)
+        run = Run(engine, prompt, settings, self.exit_layers, self.heads)
         run.prefill()
         while not run.done:
             out = run.forward(torch.tensor([run.ids[-1]]), self.policy)

@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from earlyexit.loggers import strip_wandb_args
-from earlyexit.runner import record_run
+from earlyexit.harness.loggers import strip_wandb_args
+from earlyexit.harness.runner import record_run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from analysis.load import DEFAULT_STORE, latest_per_config, load_results
-from earlyexit.results import EmptyResultsError
+from earlyexit.harness.results import EmptyResultsError
 
 log = logging.getLogger("analysis")
 

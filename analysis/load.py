@@ -4,7 +4,7 @@ Why a tidy layer: the store's flat ``config.*`` / ``metric.*`` names are exact b
 fronts, figures and summary all need the same few fields under the same rules (lossless modes lose
 no accuracy, a null LayerSkip exit layer means the deepest head, which accuracy number is "the"
 accuracy). Stating those rules once here keeps the three consumers consistent. Reading and
-parsing the store is ``earlyexit.results``' job; this module only reshapes what it returns.
+parsing the store is ``earlyexit.harness.results``' job; this module only reshapes what it returns.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earlyexit.results import EmptyResultsError, ResultStore
+from earlyexit.harness.results import EmptyResultsError, ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def load_results(
 
 
 def load_wandb(project: str, filters: dict | None = None) -> pd.DataFrame:
-    """Records rebuilt from W&B runs logged by ``earlyexit.loggers`` (config = flat config,
+    """Records rebuilt from W&B runs logged by ``earlyexit.harness.loggers`` (config = flat config,
     summary = scalar metrics + status/run_id/config_key). Per-head tables stay in W&B."""
     import wandb  # optional and slow to import: only when asked for
 

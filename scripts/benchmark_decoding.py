@@ -9,7 +9,7 @@ head, one verification pass) and the bandwidth roofline, with machine, dtype and
 Random-weight Pythia shapes have meaningless exits, so only full, layerskip (a fixed
 pattern whose cost is real) and the components are timed there. Every mode and component
 is timed eagerly and, on CUDA, again with segments and heads replayed as CUDA graphs
-(earlyexit/graphs.py); the two are stored side by side, never mixed. Kept free of Hydra,
+(earlyexit/model/graphs.py); the two are stored side by side, never mixed. Kept free of Hydra,
 pandas and lm-eval so it runs on a bare GPU box.
 """
 
@@ -24,10 +24,7 @@ from pathlib import Path
 import torch
 from transformers import GPTNeoXForCausalLM
 
-from earlyexit.adapter import get_adapter
-from earlyexit.baselines import hf_generate, hf_layerskip
-from earlyexit.calibrate import calibrate
-from earlyexit.data import token_streams
+from earlyexit.data.streams import token_streams
 from earlyexit.decoding import (
     DecodeSettings,
     DSSDDecoding,
@@ -35,14 +32,17 @@ from earlyexit.decoding import (
     FullDecoding,
     LayerSkipDecoding,
 )
-from earlyexit.engine import ExitEngine
-from earlyexit.graphs import Capture, GraphCache, ReplayCapture, default_capture, kv_bucket
-from earlyexit.head_stats import collect_head_stats
-from earlyexit.heads import HeadSet, HeadSpec, place_heads
-from earlyexit.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
-from earlyexit.measure import measure_decoding, prompt_set
-from earlyexit.policy import ThresholdPolicy
-from earlyexit.timing import copy_bandwidth, environment, synchronize, time_call
+from earlyexit.exits.calibrate import calibrate
+from earlyexit.exits.head_stats import collect_head_stats
+from earlyexit.exits.heads import HeadSet, HeadSpec, place_heads
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.harness.baselines import hf_generate, hf_layerskip
+from earlyexit.harness.measure import measure_decoding, prompt_set
+from earlyexit.harness.timing import copy_bandwidth, environment, synchronize, time_call
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.engine import ExitEngine
+from earlyexit.model.graphs import Capture, GraphCache, ReplayCapture, default_capture, kv_bucket
+from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

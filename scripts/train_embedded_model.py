@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from earlyexit.corpus import split_documents
+from earlyexit.data.corpus import split_documents
 
 EOS = "<|endoftext|>"
 

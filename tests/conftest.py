@@ -11,6 +11,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from earlyexit.exits.head_stats import collect_head_stats
+
 # Overrides that make a real `run.py` run on the embedded model take seconds, every stage included.
 TINY_RUN = [
     "task=none",
@@ -59,6 +61,34 @@ def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 97, seed: int = 0
         attn_implementation=attn,
     )
     return LlamaForCausalLM(config).double().eval()
+
+
+# Random models whose heads sometimes agree with the final layer, shared by the decoding and graph tests.
+VOCAB = 97  # the tiny random models' vocabulary
+
+
+def damped_model(seed: int, layers: int = 6, damp: float = 0.15):
+    """A random fp32 model whose later layers change the residual stream little, so early
+    heads often (not always) agree with the final layer: both accept and reject paths run."""
+    model = tiny_gpt_neox(layers=layers, seed=seed).float()
+    with torch.no_grad():
+        for i, layer in enumerate(model.gpt_neox.layers):
+            if i >= 2:
+                layer.attention.dense.weight.mul_(damp)
+                layer.mlp.dense_4h_to_h.weight.mul_(damp)
+    return model
+
+
+def prompts(n: int, seed: int, max_len: int = 10) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=gen)
+    return [torch.randint(0, VOCAB, (int(k),), generator=gen) for k in lengths]
+
+
+def quantile_thresholds(adapter, heads, metric, q):
+    stream = torch.randint(0, VOCAB, (256,), generator=torch.Generator().manual_seed(11))
+    stats = collect_head_stats(adapter, heads, stream, seq_len=64, metrics=(metric,), progress=False)
+    return {k: stats.scores[metric][k].quantile(q).item() for k in heads.layers}
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from analysis.measures import acceptance_ratio
 from analysis.pareto import accuracy_axis, front, mark_fronts, pareto_mask
 from analysis.published import load_published, model_match
 from analysis.summary import write_summary
-from earlyexit import runner
-from earlyexit.results import EmptyResultsError, ResultStore, make_record
+from earlyexit.harness import runner
+from earlyexit.harness.results import EmptyResultsError, ResultStore, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT.parent / "shared" / "docs" / "DESIGN.md"

@@ -31,7 +31,7 @@ with warnings.catch_warnings():  # sweeps 0.3 still uses a pydantic v1 class Con
 
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-from earlyexit.runner import validate
+from earlyexit.harness.runner import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -142,7 +142,7 @@ def test_sweep_validates_draws_and_composes(path):
 
 def test_metric_is_one_the_runs_log():
     """The objective must be a summary key that log_run sends (the record's numeric metric.* columns)."""
-    from earlyexit.loggers import scalar_metrics
+    from earlyexit.harness.loggers import scalar_metrics
 
     logged = scalar_metrics({"metric.speedup": 1.0, "metric.flops_saved": 0.1, "metric.tokens_per_s": 9.0})
     for path in SWEEPS:

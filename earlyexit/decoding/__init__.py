@@ -1,4 +1,7 @@
-"""Decoding modes behind one interface (`Strategy.generate`)."""
+"""Decoding modes behind one interface (`Strategy.generate`): full, early-exit, LayerSkip, DSSD.
+
+May import from ``earlyexit.data``, ``earlyexit.model`` and ``earlyexit.exits``.
+"""
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, DecodeStats, Strategy
 from earlyexit.decoding.dssd import DSSDDecoding

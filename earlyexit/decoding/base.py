@@ -13,9 +13,9 @@ from typing import Protocol
 
 import torch
 
-from earlyexit.engine import ExitEngine, StepOutput
-from earlyexit.heads import HeadSet
-from earlyexit.timing import synchronize
+from earlyexit.exits.heads import HeadSet
+from earlyexit.model.device import synchronize
+from earlyexit.model.engine import ExitEngine, StepOutput
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings
 from earlyexit.decoding.speculative import speculative_generate
-from earlyexit.engine import ExitEngine
-from earlyexit.heads import HeadSet
-from earlyexit.policy import ThresholdPolicy
+from earlyexit.exits.heads import HeadSet
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.model.engine import ExitEngine
 
 
 class DSSDDecoding:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
-from earlyexit.engine import ExitEngine
-from earlyexit.heads import HeadSet
-from earlyexit.policy import ThresholdPolicy
+from earlyexit.exits.heads import HeadSet
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.model.engine import ExitEngine
 
 
 class EarlyExitDecoding:

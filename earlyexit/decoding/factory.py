@@ -7,8 +7,8 @@ from earlyexit.decoding.dssd import DSSDDecoding
 from earlyexit.decoding.early_exit import EarlyExitDecoding
 from earlyexit.decoding.full import FullDecoding
 from earlyexit.decoding.layerskip import LayerSkipDecoding
-from earlyexit.heads import HeadSet
-from earlyexit.policy import ThresholdPolicy
+from earlyexit.exits.heads import HeadSet
+from earlyexit.exits.policy import ThresholdPolicy
 
 MODES = ("full", "early-exit", "layerskip", "dssd")
 LOSSLESS = ("full", "layerskip", "dssd")

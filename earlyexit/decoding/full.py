@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
-from earlyexit.engine import ExitEngine
+from earlyexit.model.engine import ExitEngine
 
 
 class FullDecoding:

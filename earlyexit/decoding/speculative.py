@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
-from earlyexit.engine import ExitCheck, ExitEngine
-from earlyexit.heads import HeadSet
+from earlyexit.exits.heads import HeadSet
+from earlyexit.model.engine import ExitCheck, ExitEngine
 
 
 def speculative_generate(

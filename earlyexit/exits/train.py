@@ -1,0 +1,182 @@
+"""Self-supervised head training: heads learn the frozen model's own final-layer distribution.
+
+Loss is KL(final softmax || head softmax) at temperature T, times T^2 so the gradient
+scale does not depend on T (standard distillation), averaged over heads; or
+cross-entropy to the final layer's argmax. Only head weights train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from earlyexit.data.streams import contiguous_windows, sample_windows
+from earlyexit.exits.heads import HeadSet
+from earlyexit.model.adapter import ModelAdapter
+
+LOSSES = ("kl", "ce")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 128
+    lr: float = 1e-4
+    warmup: int = 30
+    weight_decay: float = 0.0
+    temperature: float = 1.0
+    loss: str = "kl"
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        for key in ("steps", "batch_size", "seq_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_stream(stream: torch.Tensor, seq_len: int, what: str) -> None:
+    """Reject a corpus too short to give one window, before any training starts."""
+    if len(stream) < seq_len:
+        raise ValueError(
+            f"the {what} text has {len(stream)} tokens, fewer than one window of seq_len={seq_len}; "
+            "give more text or a shorter seq_len"
+        )
+
+
+def backbone_targets(adapter: ModelAdapter, heads: HeadSet, ids: torch.Tensor):
+    """Frozen forward: hidden states after each head layer and the final logits."""
+    with torch.no_grad():
+        out = adapter.model(ids.to(adapter.device), output_hidden_states=True)
+    # transformers puts the embeddings first: hidden_states[k + 1] is layer k's output.
+    return {k: out.hidden_states[k + 1] for k in heads.layers}, out.logits
+
+
+def head_loss(head_logits: torch.Tensor, final_logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.loss == "ce":
+        return F.cross_entropy(head_logits.flatten(0, -2).float(), final_logits.argmax(-1).flatten())
+    t = cfg.temperature
+    target = F.log_softmax(final_logits.float() / t, dim=-1)
+    pred = F.log_softmax(head_logits.float() / t, dim=-1)
+    return (
+        F.kl_div(pred.flatten(0, -2), target.flatten(0, -2), log_target=True, reduction="batchmean") * t * t
+    )
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_checkpoint(path: Path, heads: HeadSet, opt, step: int, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "step": step,
+            "heads": heads.heads.state_dict(),
+            "opt": opt.state_dict(),
+            "config": asdict(cfg),
+            "fingerprint": cfg.fingerprint(),
+            "layers": heads.layers,
+            "architecture": heads.spec.architecture,
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def train_heads(
+    adapter: ModelAdapter,
+    heads: HeadSet,
+    stream: torch.Tensor,
+    cfg: TrainConfig,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Train `heads` in place on windows of `stream`; returns the loss per step.
+
+    With `checkpoint`, state is saved every `checkpoint_every` steps and at the end, and
+    an existing checkpoint resumes the run exactly (same data, same optimiser state).
+    A checkpoint made with other settings or heads is refused, never silently mixed.
+    """
+    cfg.validate()
+    check_stream(stream, cfg.seq_len, "training")
+    if heads.spec.architecture == "shared":
+        return []  # LayerSkip's exit reuses the model's own head: nothing to train
+    torch.manual_seed(cfg.seed)
+    adapter.model.requires_grad_(False)
+    params = [p for p in heads.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if (
+            state["fingerprint"] != cfg.fingerprint()
+            or state["layers"] != heads.layers
+            or (state["architecture"] != heads.spec.architecture)
+        ):
+            raise ValueError(
+                f"checkpoint {ckpt} was made with other settings ({state['config']}, heads "
+                f"{state['architecture']} at {state['layers']}); delete it or use another path"
+            )
+        heads.heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    losses: list[float] = []
+    bar = tqdm(
+        range(start, cfg.steps), desc="train heads", disable=not progress, initial=start, total=cfg.steps
+    )
+    heads.train()
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg)
+        ids = sample_windows(stream, cfg.batch_size, cfg.seq_len, cfg.seed, step)
+        hidden, final = backbone_targets(adapter, heads, ids)
+        loss = torch.stack([head_loss(heads(k, hidden[k]), final, cfg) for k in heads.layers]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            _save_checkpoint(ckpt, heads, opt, done, cfg)
+    heads.eval()
+    return losses
+
+
+@torch.no_grad()
+def head_agreement(
+    adapter: ModelAdapter, heads: HeadSet, stream: torch.Tensor, seq_len: int, max_tokens: int = 8192
+) -> dict[int, float]:
+    """Per head, the share of held-out tokens whose head argmax equals the final argmax."""
+    check_stream(stream, seq_len, "held-out")
+    windows = contiguous_windows(stream, seq_len, max_tokens)
+    hits = dict.fromkeys(heads.layers, 0)
+    total = 0
+    for batch in windows.split(8):
+        hidden, final = backbone_targets(adapter, heads, batch)
+        top = final.argmax(-1)
+        for k in heads.layers:
+            hits[k] += (heads(k, hidden[k]).argmax(-1) == top).sum().item()
+        total += top.numel()
+    return {k: hits[k] / total for k in heads.layers}

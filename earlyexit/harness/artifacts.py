@@ -1,0 +1,135 @@
+"""Content-addressed cache for trained heads, so sweeping metric, target or mode never retrains.
+
+The key hashes everything that changes the weights: model, head spec, training settings,
+training data. Shipped artifacts (the embedded model's heads) are looked up first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase
+
+from earlyexit.data.streams import TEXT_SUFFIXES, token_streams
+from earlyexit.exits.heads import HeadSet, HeadSpec
+from earlyexit.exits.train import TrainConfig, train_heads
+from earlyexit.model.adapter import ModelAdapter
+from earlyexit.model.loading import EMBEDDED_MODEL_DIR
+
+log = logging.getLogger(__name__)
+
+SHIPPED_DIR = EMBEDDED_MODEL_DIR / "heads"
+
+
+def artifact_key(**identity: Any) -> str:
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def find_artifact(cache_dir: str | Path, kind: str, key: str, suffix: str) -> Path | None:
+    for root in (SHIPPED_DIR, Path(cache_dir) / kind):
+        path = root / f"{key}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def artifact_path(cache_dir: str | Path, kind: str, key: str, suffix: str, identity: dict) -> Path:
+    """Where to write a new artifact; a JSON sidecar records what the key stands for."""
+    root = Path(cache_dir) / kind
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{key}.json").write_text(json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n")
+    return root / f"{key}{suffix}"
+
+
+def prepare_heads(
+    adapter: ModelAdapter,
+    spec: HeadSpec,
+    tcfg: TrainConfig,
+    source: str,
+    train_stream: torch.Tensor,
+    cache_dir: str | Path,
+) -> tuple[HeadSet, str]:
+    """Load heads from the artifact cache, or train them and store them there; returns (heads, key)."""
+    identity = {"model": adapter.model_id, "spec": spec, "train": tcfg, "data": source}
+    key = artifact_key(**identity)
+    if spec.architecture == "shared":
+        return HeadSet(adapter, spec), key
+    found = find_artifact(cache_dir, "heads", key, ".safetensors")
+    if found is not None:
+        log.info("heads: cached %s", found)
+        return HeadSet.load(found, adapter), key
+    heads = HeadSet(adapter, spec)
+    path = artifact_path(cache_dir, "heads", key, ".safetensors", identity)
+    train_heads(adapter, heads, train_stream, tcfg, checkpoint=path.with_suffix(".ckpt"))
+    heads.save(path)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    log.info("heads: trained and stored %s", path)
+    return heads, key
+
+
+def cached_json(cache_dir: str | Path, kind: str, identity: dict, compute) -> dict:
+    """Return the JSON artifact for `identity`, computing and storing it on a miss."""
+    key = artifact_key(**identity)
+    found = find_artifact(cache_dir, kind, key, ".result.json")
+    if found is not None:
+        log.info("%s: cached %s", kind, found)
+        return json.loads(found.read_text())
+    value = compute()
+    path = artifact_path(cache_dir, kind, key, ".result.json", identity)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+    return value
+
+
+def source_fingerprint(source: str) -> str:
+    """What the text of `source` depends on, cheaply: stdlib follows the interpreter, local files
+    their sizes and modification times, a hub dataset its name (its revision is not pinned)."""
+    if source == "stdlib":
+        return f"python-{sys.version}-{sys.prefix}"
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"dataset:{source}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+    stats = [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the tokenizer's full definition, so two models sharing a tokenizer share streams."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}-{len(tokenizer)}"
+    return hashlib.sha1(f"{blob}-eos{tokenizer.eos_token_id}".encode()).hexdigest()
+
+
+def cached_token_streams(
+    tokenizer: PreTrainedTokenizerBase, source: str, heldout_fraction: float, cache_dir: str | Path
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`data.token_streams`, stored once per tokenizer and text: tokenising the stdlib corpus takes
+    longer than the rest of a cached run, and every run of a sweep needs the same streams."""
+    identity = {
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "source": source,
+        "fingerprint": source_fingerprint(source),
+        "heldout_fraction": heldout_fraction,
+    }
+    key = artifact_key(**identity)
+    path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
+    if path.exists():
+        log.info("token streams: cached %s", path)
+        streams = load_file(path)
+        return streams["train"], streams["calibration"], streams["heldout"]
+    train, calib, heldout = token_streams(tokenizer, source, heldout_fraction)
+    path = artifact_path(cache_dir, "tokens", key, ".safetensors", identity)
+    tmp = path.with_suffix(".tmp")
+    save_file({"train": train, "calibration": calib, "heldout": heldout}, str(tmp))
+    tmp.replace(path)  # atomic: concurrent jobs of a multirun never read a half-written file
+    return train, calib, heldout

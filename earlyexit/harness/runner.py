@@ -1,0 +1,298 @@
+"""One run: heads -> calibration -> lm-eval accuracy -> decoding benchmark -> FLOPs -> one record.
+
+Everything cheap to check is checked before the model loads, so a typo in a sweep fails in
+a second. Heads, calibrations and the full model's accuracy are cached artifacts, so a
+sweep over metric, target or mode never retrains. A finished config is skipped unless
+`force=true`; a failed one is recorded with its traceback and, in a multirun, the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from earlyexit.decoding import LOSSLESS, DecodeSettings, check_mode, make_strategy
+from earlyexit.exits.calibrate import (
+    Calibration,
+    calibrate,
+    heldout_check,
+    separation_report,
+    validate_targets,
+)
+from earlyexit.exits.confidence import get_metric
+from earlyexit.exits.head_stats import collect_head_stats, exit_shares
+from earlyexit.exits.heads import HeadSpec, head_cost_ratio, place_heads
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.exits.train import TrainConfig
+from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
+from earlyexit.harness.loggers import log_run
+from earlyexit.harness.measure import measure_decoding, prompt_set
+from earlyexit.harness.report import format_summary
+from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
+from earlyexit.harness.timing import environment
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.graphs import default_capture
+from earlyexit.model.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
+
+log = logging.getLogger(__name__)
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def known_num_layers(model_name: str) -> int | None:
+    """Layer count without loading weights, where it is knowable offline."""
+    size = pythia_size(model_name)
+    if size is not None:
+        return PYTHIA_SIZES[size].num_hidden_layers
+    path = Path(resolve_model(model_name))
+    config = path / "config.json" if path.is_dir() else EMBEDDED_MODEL_DIR / "none"
+    if config.exists():
+        return json.loads(config.read_text())["num_hidden_layers"]
+    return None
+
+
+def head_layers(cfg: DictConfig, num_layers: int) -> list[int]:
+    h = cfg.heads
+    return place_heads(num_layers, h.placement, list(h.layers) if h.layers else None, h.n, h.every)
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    return TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+
+
+def calibration_targets(cfg: DictConfig) -> tuple[float, ...]:
+    """The reported targets plus the one the decoding mode runs at."""
+    reported = validate_targets(list(cfg.calibration.targets))
+    return tuple(sorted({*reported, *validate_targets([cfg.calibration.target])}))
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject bad values before any model is loaded, naming the key, the value and what is allowed."""
+    get_metric(cfg.metric.name)
+    HeadSpec(cfg.heads.architecture, (0,))
+    try:
+        calibration_targets(cfg)
+    except ValueError as err:
+        raise ValueError(f"calibration: {err}") from None
+    train_config(cfg).validate()
+    if cfg.model.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
+    check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
+    _positive(cfg, "bench.prompts", "bench.prompt_len", "bench.max_new_tokens", "bench.repeats")
+    if cfg.bench.get("cuda_graphs"):
+        try:
+            default_capture(cfg.device)
+        except ValueError as err:
+            raise ValueError(f"bench.cuda_graphs=true with device={cfg.device}: {err}") from None
+    if cfg.task.names:
+        from earlyexit.harness.tasks import validate_tasks  # lm-eval is slow to import: only when needed
+
+        validate_tasks(list(cfg.task.names))
+    # Placement names and counts are checked even when the layer count is not known offline
+    # (a hub model not loaded yet); layer bounds are checked whenever it is.
+    num_layers = known_num_layers(cfg.model.name)
+    try:
+        layers = head_layers(cfg, num_layers or 1_000_000)
+    except ValueError as err:
+        raise ValueError(f"heads: {err}") from None
+    exit_layer = cfg.mode.get("exit_layer")
+    if cfg.mode.name == "layerskip" and exit_layer is not None and exit_layer not in layers:
+        raise ValueError(f"mode.exit_layer={exit_layer} is not a head layer; head layers: {layers}")
+
+
+def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: bool = False) -> dict | None:
+    """Run `cfg` once and append its record to the results store; skip it if already finished."""
+    validate(cfg)
+    flat = flatten_config(cfg)
+    key = config_key(flat)
+    store = ResultStore(cfg.results.path)
+    if not cfg.force and store.finished(key):
+        log.info("config %s already finished in %s; skipping (force=true recomputes)", key, store.path)
+        return None
+    env = environment(cfg.device, DTYPES[cfg.model.dtype])
+    summary, failure = None, None
+    try:
+        summary = run(cfg, output_dir)
+    except Exception as err:
+        failure = err
+        error = traceback.format_exc()
+        record = make_record(flat, {}, env, status="failed", error=error)
+        log.error("run failed: %s: %s\n(traceback recorded in %s)", type(err).__name__, err, store.path)
+    else:
+        record = make_record(flat, summary["metrics"], env, per_head=summary["per_head"])
+    store.append(record)
+    log_run(cfg, flat, record)  # after the append: a tracker never costs the local record
+    if failure is not None:
+        if multirun:
+            return None  # the sweep goes on
+        raise failure
+    log.info("recorded run %s in %s", key, store.path)
+    return summary
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Heads, calibration, accuracy, decoding benchmark and FLOPs for one config; prints a summary."""
+    validate(cfg)
+    torch.manual_seed(cfg.seed)
+    log.info("stage 1/5: model and heads")
+    model, tokenizer = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device)
+    adapter = get_adapter(model)
+    spec = HeadSpec(cfg.heads.architecture, tuple(head_layers(cfg, adapter.num_layers)), cfg.heads.rank)
+    tcfg = train_config(cfg)
+    source = cfg.data.source
+    train, calib, heldout = cached_token_streams(tokenizer, source, cfg.data.heldout_fraction, cfg.cache_dir)
+    heads, heads_key = prepare_heads(adapter, spec, tcfg, source, train, cfg.cache_dir)
+
+    log.info("stage 2/5: calibration")
+    metric, target = cfg.metric.name, float(cfg.calibration.target)
+    targets = calibration_targets(cfg)
+    seq_len, max_tokens = tcfg.seq_len, cfg.calibration.max_tokens
+    cal_identity = {"heads": heads_key, "metric": metric, "targets": targets, "max_tokens": max_tokens}
+
+    def compute_calibration() -> dict:
+        stats = collect_head_stats(
+            adapter, heads, calib, seq_len, max_tokens, metrics=(metric,), desc="calibration"
+        )
+        return calibrate(stats.scores[metric], stats.agree, metric, targets).to_json()
+
+    cal = Calibration.from_json(cached_json(cfg.cache_dir, "calibration", cal_identity, compute_calibration))
+    held = collect_head_stats(adapter, heads, heldout, seq_len, max_tokens, desc="held-out")
+    thresholds = cal.thresholds_for(target)
+    policy = ThresholdPolicy(heads, metric, thresholds)
+    shares = [{"target": t, **exit_shares(held, metric, cal.thresholds_for(t))} for t in targets]
+
+    log.info("stage 3/5: accuracy")
+    metrics: dict[str, Any] = {}
+    if cfg.task.names:
+        metrics.update(accuracy(cfg, adapter, tokenizer, policy, heads_key))
+
+    log.info("stage 4/5: decoding benchmark")
+    strategy = make_strategy(
+        cfg.mode.name,
+        heads,
+        policy,
+        cfg.mode.get("exit_layer"),
+        cfg.mode.get("draft_length", 4),
+        cfg.mode.get("max_draft", 5),
+    )
+    b = cfg.bench
+    prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
+    settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
+    graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
+    full_ids, full = measure_decoding(
+        make_strategy("full"), adapter, prompts, settings, b.repeats, b.warmup, True, graphs
+    )
+    if cfg.mode.name == "full":  # the baseline is the run: measure it once
+        ids, mode = full_ids, full
+    else:
+        ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True, graphs)
+
+    log.info("stage 5/5: FLOPs and record")
+    metrics.update({k: v for k, v in mode.items() if k != "exit_histogram"})
+    metrics.update(
+        {f"full_{k}": v for k, v in full.items() if k not in ("exit_histogram", "prompts", "repeats")}
+    )
+    metrics["speedup"] = full["tpot_ms"] / mode["tpot_ms"]
+    metrics["flops_ratio"] = mode["flops_per_token"] / full["flops_per_token"]
+    metrics["flops_saved"] = 1 - metrics["flops_ratio"]
+    metrics["exit_histogram"] = mode["exit_histogram"]
+    metrics["outputs_equal_full"] = ids == full_ids
+    at_target = exit_shares(held, metric, thresholds)
+    metrics["heldout_early_exit_share"] = 1 - at_target["final"]
+    metrics["heldout_agreement_at_target"] = at_target["agreement"]
+    separation = separation_report(held.scores, held.agree)
+    agreement = held.agreement()  # same held-out windows as train.head_agreement, no second pass
+    check = heldout_check(cal, held.scores[metric], held.agree)
+    per_head = {
+        layer: {
+            "threshold": thresholds[layer],
+            "agreement": agreement[layer],
+            "heldout_exit_share": at_target[f"layer_{layer}"],
+            "exits_in_decoding": mode["exit_histogram"].get(layer, 0),
+            **{f"auroc_{r['metric']}": r["auroc"] for r in separation if r["layer"] == layer},
+            "heldout_agreement_at_target": next(
+                r["heldout_agreement"] for r in check if r["layer"] == layer and r["target"] == target
+            ),
+        }
+        for layer in heads.layers
+    }
+    summary = {
+        "model": adapter.model_id,
+        "num_layers": adapter.num_layers,
+        "head_layers": heads.layers,
+        "architecture": heads.spec.architecture,
+        "head_cost": heads.cost_per_token(),
+        "full_head_cost_in_layers": head_cost_ratio(adapter),
+        "metric": metric,
+        "mode": cfg.mode.name,
+        "target": target,
+        "heldout_agreement": agreement,
+        "separation": separation,
+        "calibration": cal.to_json(),
+        "heldout_check": check,
+        "exit_shares": shares,
+        "metrics": metrics,
+        "per_head": per_head,
+    }
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cal.save(out / "calibration.json")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(format_summary(summary))
+    return summary
+
+
+def accuracy(
+    cfg: DictConfig, adapter, tokenizer, policy: ThresholdPolicy, heads_key: str
+) -> dict[str, float]:
+    """lm-eval scores of the early-exit model and of the full model (cached), and their delta.
+
+    Lossless modes (full, layerskip, dssd) produce the full model's tokens, proven in the
+    tests, so their accuracy is the full model's and is not evaluated twice.
+    """
+    from earlyexit.harness.lm_eval_model import EarlyExitLM  # lm-eval is slow to import
+    from earlyexit.harness.tasks import evaluate
+
+    tasks, limit = list(cfg.task.names), cfg.task.limit
+    offline = cfg.task.get("offline")
+
+    def full_scores() -> dict:
+        return evaluate(EarlyExitLM(adapter, tokenizer, None), tasks, limit, offline, cache_dir=cfg.cache_dir)
+
+    identity = {"model": adapter.model_id, "tasks": tasks, "limit": limit, "offline": offline}
+    full = cached_json(cfg.cache_dir, "accuracy", identity, full_scores)
+    if cfg.mode.name in LOSSLESS:
+        early = full
+    else:
+        early = evaluate(
+            EarlyExitLM(adapter, tokenizer, policy), tasks, limit, offline, cache_dir=cfg.cache_dir
+        )
+    out = {}
+    for task, scores in full.items():
+        for name, value in scores.items():
+            if name.endswith("_stderr"):
+                continue
+            mine = early.get(task, {}).get(name, math.nan)
+            out[f"acc.{task}.{name}"] = mine
+            out[f"acc_full.{task}.{name}"] = value
+            out[f"acc_delta.{task}.{name}"] = mine - value
+    return out

@@ -1,0 +1,222 @@
+"""The layer loop with exits, over an exact KV cache.
+
+Why not `model.forward`: after a token exits at layer k, layers > k hold no K/V for it,
+and transformers' cache reports one length for all layers and builds masks from it, so
+the stock forward is wrong in that ragged state. This loop calls the model's own layer
+modules instead, with explicit positions and an explicit position-based causal mask.
+
+Exits happen only at segment boundaries (the exit layers). A token that exits at layer
+k stays *pending*: its layer-k hidden state is kept, and it joins the rows of the next
+pass at layer k+1, so its deeper K/V are written before any later token attends to them
+(DESIGN.md, "KV cache with exits"). The pass that carries pending tokens to full depth
+also yields their final logits, which is exactly what speculative verification needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from earlyexit.model.adapter import ModelAdapter
+from earlyexit.model.flops import attention_flops, linear_flops, unembed_flops
+from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
+from earlyexit.model.kv_cache import StaticKVCache
+
+# On CUDA, SDPA may pick cuDNN attention, which builds a new plan for every KV length
+# (45-61 ms per step, DESIGN.md); the memory-efficient kernel takes our boolean mask and
+# does not. Math stays as the fallback for shapes it cannot take.
+CUDA_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+# Called with (exit layer, hidden state of the newest token after that layer); returns
+# the logits to emit if the token exits there, or None to continue deeper.
+ExitCheck = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass
+class Pending:
+    """A token whose layers above `layer` have not been computed yet."""
+
+    position: int
+    layer: int
+    hidden: torch.Tensor  # [d], output of layer `layer`
+
+
+@dataclass
+class StepOutput:
+    """Result of one engine pass."""
+
+    logits: torch.Tensor  # [V] logits for the newest token (head or final)
+    exit_layer: int  # layer whose output produced `logits`; num_layers - 1 for full depth
+    final_logits: torch.Tensor | None = None  # [rows, V] when the pass reached full depth
+    final_positions: list[int] = field(default_factory=list)  # positions of those rows
+    layer_rows: int = 0  # sum over computed layers of rows processed (cost accounting)
+    flops: int = 0  # analytic FLOPs of this pass (layers, attention, unembedding; heads count their own)
+
+
+class ExitEngine:
+    """Runs one sequence (batch 1) through the model segment by segment, with exits."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        exit_layers: Sequence[int] = (),
+        max_len: int | None = None,
+        static_kv_len: bool = False,
+        graphs: Capture | None = None,
+        max_graph_rows: int = 8,
+    ) -> None:
+        num_layers = adapter.num_layers
+        bad = [k for k in exit_layers if not 0 <= k < num_layers - 1]
+        if bad:
+            raise ValueError(
+                f"exit layers {bad} outside [0, {num_layers - 1}) for a {num_layers}-layer model"
+            )
+        self.adapter = adapter
+        self.exit_layers = sorted({int(k) for k in exit_layers})
+        bounds = [*self.exit_layers, num_layers - 1]
+        self.segments = list(zip([0, *[b + 1 for b in self.exit_layers]], bounds, strict=True))
+        self.max_len = min(max_len or adapter.max_positions, adapter.max_positions)
+        # static_kv_len attends over the whole buffer (fixed shapes, CUDA-graph friendly);
+        # otherwise over the filled prefix only (less work on CPU).
+        self.static_kv_len = static_kv_len
+        self.cache = StaticKVCache(
+            num_layers, adapter.num_kv_heads, adapter.head_dim, self.max_len, adapter.dtype, adapter.device
+        )
+        self.length = 0
+        self.pending: list[Pending] = []
+        # Segments of up to `max_graph_rows` rows replay captured graphs (decode steps and
+        # verification passes); prefill and larger catch-up passes run eagerly.
+        self.graphs = GraphCache(graphs) if graphs is not None else None
+        self.max_graph_rows = max_graph_rows
+        self._all_positions = torch.arange(self.max_len, device=adapter.device)
+        self._attention = (
+            partial(sdpa_kernel, CUDA_ATTENTION) if adapter.device.type == "cuda" else nullcontext
+        )
+        self._layer_flops = [linear_flops(layer) for layer in adapter.layers]
+        self._pass_flops = 0
+
+    def reset(self) -> None:
+        """Forget the sequence (buffers are reused; stale entries are never attended)."""
+        self.length = 0
+        self.pending = []
+
+    def truncate(self, length: int) -> None:
+        """Roll the sequence back to its first `length` tokens (rejected drafts)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a sequence of {self.length} tokens to {length}")
+        self.length = length
+        self.pending = [p for p in self.pending if p.position < length]
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, exit_check: ExitCheck | None = None) -> StepOutput:
+        """Append `input_ids` (1-D) and run them, with any pending tokens, through the model.
+
+        `exit_check` is consulted at each exit layer for a single new token; prefill of
+        several tokens always runs to full depth.
+        """
+        with self._attention():
+            return self._forward(input_ids, exit_check)
+
+    def _forward(self, input_ids: torch.Tensor, exit_check: ExitCheck | None) -> StepOutput:
+        ids = input_ids.reshape(-1)
+        n = ids.numel()
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        if self.length + n > self.max_len:
+            raise ValueError(f"sequence of {self.length + n} tokens exceeds the context of {self.max_len}")
+        if exit_check is not None and n != 1:
+            raise ValueError("exits are decided per token: pass one token at a time with exit_check")
+        adapter = self.adapter
+        positions = list(range(self.length, self.length + n))
+        hidden = adapter.embed(ids.to(adapter.device))  # [n, d]
+        layer_rows = 0
+        self._pass_flops = 0
+        for start, end in self.segments:
+            joiners = [p for p in self.pending if p.layer == start - 1]
+            if joiners:
+                self.pending = [p for p in self.pending if p.layer != start - 1]
+                positions = [p.position for p in joiners] + positions
+                hidden = torch.cat([torch.stack([p.hidden for p in joiners]), hidden])
+                order = sorted(range(len(positions)), key=positions.__getitem__)
+                if order != list(range(len(positions))):
+                    positions = [positions[i] for i in order]
+                    hidden = hidden[order]
+            hidden = self._run_segment(start, end, hidden, positions)
+            layer_rows += (end - start + 1) * len(positions)
+            if exit_check is not None and end < adapter.num_layers - 1:
+                logits = exit_check(end, hidden[-1])
+                if logits is not None:
+                    self.pending.extend(Pending(p, end, h) for p, h in zip(positions, hidden, strict=True))
+                    self.length += n
+                    return StepOutput(logits, end, layer_rows=layer_rows, flops=self._pass_flops)
+        final = self._unembed(hidden)
+        self._pass_flops += unembed_flops(adapter) * len(positions)
+        self.length += n
+        return StepOutput(
+            logits=final[-1],
+            exit_layer=adapter.num_layers - 1,
+            final_logits=final,
+            final_positions=positions,
+            layer_rows=layer_rows,
+            flops=self._pass_flops,
+        )
+
+    def _run_segment(self, start: int, end: int, hidden: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """Run layers start..end on the rows (graph replay when one fits, else eager)."""
+        rows = len(positions)
+        pos = self._position_tensor(positions)
+        if self.graphs is not None and rows <= self.max_graph_rows:
+            kv_len = kv_bucket(positions[-1] + 1, self.max_len)
+            out = self.graphs.run(
+                ("segment", start, end, rows, kv_len),
+                (hidden, pos),
+                lambda h, p: self._segment(start, end, h, p, kv_len),
+            )
+        else:
+            kv_len = self.max_len if self.static_kv_len else positions[-1] + 1
+            out = self._segment(start, end, hidden, pos, kv_len)
+        # A graphed pass attends over (and so counts) the whole KV bucket: that work is done.
+        per_row = sum(self._layer_flops[start : end + 1]) + (end - start + 1) * attention_flops(
+            self.adapter, kv_len
+        )
+        self._pass_flops += per_row * rows
+        return out
+
+    def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + the model's unembedding: [rows, d] -> [rows, V] (graphed when it fits)."""
+        if self.graphs is not None and len(hidden) <= self.max_graph_rows:
+            return self.graphs.run(("unembed", len(hidden)), (hidden,), self._final_logits)
+        return self._final_logits(hidden)
+
+    def _final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.adapter.unembed(self.adapter.final_norm(hidden))
+
+    def _position_tensor(self, positions: list[int]) -> torch.Tensor:
+        # Decode rows are consecutive positions: a view of a device arange, no host copy.
+        if positions[-1] - positions[0] + 1 == len(positions):
+            return self._all_positions[positions[0] : positions[-1] + 1]
+        return torch.tensor(positions, dtype=torch.long, device=self._all_positions.device)
+
+    def _segment(
+        self, start: int, end: int, hidden: torch.Tensor, pos: torch.Tensor, kv_len: int
+    ) -> torch.Tensor:
+        """Layers start..end on `hidden` [rows, d] at positions `pos`, attending over `kv_len` keys.
+
+        Reads nothing but its arguments, the weights and the KV buffers, so it can be
+        captured as a graph with `hidden` and `pos` as the static inputs.
+        """
+        adapter, cache = self.adapter, self.cache
+        cache.positions = pos
+        cache.kv_len = kv_len
+        keys = self._all_positions[:kv_len]
+        mask = (keys[None, :] <= pos[:, None])[None, None]  # [1, 1, rows, kv_len]
+        h = hidden[None]
+        pos_emb = adapter.position_embeddings(h, pos)
+        for index in range(start, end + 1):
+            h = adapter.run_layer(index, h, mask, pos_emb, cache)
+        return h[0]

@@ -1,0 +1,316 @@
+"""lm-eval adapter: exact teacher-forced early-exit scoring, and local tasks that run offline."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import lm_eval
+import pytest
+import torch
+import yaml
+from conftest import tiny_gpt_neox
+from lm_eval.api.instance import Instance
+from torch.nn import functional as F
+
+from earlyexit.data.paths import shared_data_dir
+from earlyexit.decoding import DecodeSettings, EarlyExitDecoding
+from earlyexit.exits.heads import HeadSet, HeadSpec
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.harness.lm_eval_model import EarlyExitLM, early_exit_logits
+from earlyexit.harness.stdlib_task import stdlib_lambada_examples
+from earlyexit.harness.tasks import (
+    LOCAL_TASKS,
+    STANDARD_TASKS,
+    STDLIB_TASK,
+    evaluate,
+    resolve_tasks,
+    validate_tasks,
+    write_task_configs,
+)
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.engine import ExitEngine
+from earlyexit.model.loading import load_model
+
+INF = float("inf")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Nothing here may reach the hub; datasets/huggingface_hub read these flags at import."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_gpt_neox(layers=6)
+    adapter = get_adapter(model)
+    return adapter, HeadSet(adapter, HeadSpec("linear", (1, 3)))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    model, tokenizer = load_model("embedded")
+    return get_adapter(model), tokenizer
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("eval-cache")
+
+
+def ids(batch: int = 2, seq: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 97, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def request(kind: str, *args) -> Instance:
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+def median_threshold(adapter, heads, layer: int, metric: str = "entropy") -> float:
+    hidden = adapter.model(ids(4, 32, seed=5), output_hidden_states=True).hidden_states[layer + 1]
+    return ThresholdPolicy(heads, metric, {}).metric(heads(layer, hidden)).median().item()
+
+
+# ----------------------------------------------------------------------------- early_exit_logits
+
+
+@torch.no_grad()
+def test_no_policy_is_the_full_model(tiny):
+    adapter, heads = tiny
+    x = ids()
+    logits, exits = early_exit_logits(adapter, None, None, x)
+    assert torch.equal(logits, adapter.model(x).logits)
+    assert (exits == adapter.num_layers - 1).all()
+    # A policy whose heads can never fire is the full model too.
+    never = ThresholdPolicy(heads, "entropy", {1: INF, 3: INF})
+    logits2, exits2 = early_exit_logits(adapter, heads, never, x)
+    assert torch.equal(logits2, logits) and torch.equal(exits2, exits)
+
+
+@torch.no_grad()
+def test_minus_inf_threshold_exits_everywhere_at_first_head(tiny):
+    adapter, heads = tiny
+    x = ids()
+    policy = ThresholdPolicy(heads, "entropy", {1: -INF, 3: -INF})
+    logits, exits = early_exit_logits(adapter, heads, policy, x)
+    hidden = adapter.model(x, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(logits, heads(1, hidden[2]), rtol=0, atol=1e-12)
+    assert (exits == 1).all()
+
+
+@torch.no_grad()
+def test_nan_scores_never_exit(tiny):
+    adapter, _ = tiny
+    heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
+    heads.heads["1"].proj.weight.fill_(float("nan"))
+    x = ids()
+    logits, exits = early_exit_logits(adapter, heads, ThresholdPolicy(heads, "max-prob", {1: -INF}), x)
+    assert torch.equal(logits, adapter.model(x).logits) and (exits == adapter.num_layers - 1).all()
+    # A broken first head falls through to the next head that passes.
+    logits, exits = early_exit_logits(adapter, heads, ThresholdPolicy(heads, "max-prob", {1: -INF, 3: 0}), x)
+    hidden = adapter.model(x, output_hidden_states=True).hidden_states
+    assert (exits == 3).all() and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, heads(3, hidden[4]), rtol=0, atol=1e-12)
+
+
+@torch.no_grad()
+def test_mixed_exits_match_the_engine(tiny):
+    """Teacher forcing the engine's own output reproduces its tokens and its exit histogram."""
+    adapter, heads = tiny
+    policy = ThresholdPolicy(
+        heads,
+        "entropy",
+        {1: median_threshold(adapter, heads, 1), 3: median_threshold(adapter, heads, 3)},
+    )
+    strategy = EarlyExitDecoding(policy)
+    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers)
+    prompt = ids(1, 6, seed=3)[0]
+    result = strategy.generate(engine, prompt, DecodeSettings(max_new_tokens=24))
+    full = torch.cat([prompt, torch.tensor(result.ids[:-1])])[None]
+    logits, exits = early_exit_logits(adapter, heads, policy, full)
+    # Position len(prompt) - 1 is the engine's prefill (full depth); later ones are decode steps.
+    steps = slice(len(prompt), full.shape[1])
+    assert logits[0, steps].argmax(-1).tolist() == result.ids[1:]
+    assert Counter(exits[0, steps].tolist()) == result.stats.exit_histogram
+    assert len(set(exits[0].tolist())) > 1  # the median thresholds give both exits and full passes
+
+
+# ----------------------------------------------------------------------------- EarlyExitLM
+
+
+@torch.no_grad()
+def hand_loglikelihood(adapter, tokens: list[int], n_cont: int) -> tuple[float, bool]:
+    logits = adapter.model(torch.tensor([tokens[:-1]])).logits[0, -n_cont:]
+    lp = F.log_softmax(logits.float(), -1)
+    target = torch.tensor(tokens[-n_cont:])
+    return float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
+
+
+def test_loglikelihood_equals_hand_computation(embedded):
+    adapter, tok = embedded
+    lm = EarlyExitLM(adapter, tok, None, batch_size=2, disable_tqdm=True)
+    pairs = [
+        ("def area(width, height):\n    return width *", " height"),
+        ("import os\nimport sys\n\nprint(sys.", "argv)"),
+        ("for i in range(", "10):\n        pass"),
+        ("x = ", "1"),
+    ]
+    got = lm.loglikelihood([request("loglikelihood", c, t) for c, t in pairs])
+    scored = 0
+    for (ctx, cont), (logprob, greedy) in zip(pairs, got, strict=True):
+        ctx_enc = tok.encode(ctx.rstrip())  # lm-eval moves the context's trailing spaces to the target
+        whole = tok.encode(ctx + cont)
+        want_lp, want_greedy = hand_loglikelihood(adapter, whole, len(whole) - len(ctx_enc))
+        assert logprob == pytest.approx(want_lp, abs=1e-4) and greedy == want_greedy
+        scored += len(whole) - len(ctx_enc)
+    assert lm.exit_histogram == Counter({adapter.num_layers - 1: scored})
+
+    # An empty context conditions on EOS, as lm-eval's HFLM does.
+    ((logprob, _),) = lm.loglikelihood([request("loglikelihood", "", "import os")])
+    cont = tok.encode("import os")
+    assert logprob == pytest.approx(
+        hand_loglikelihood(adapter, [tok.eos_token_id, *cont], len(cont))[0], abs=1e-4
+    )
+
+
+def test_loglikelihood_truncates_context_from_the_left(embedded):
+    adapter, tok = embedded
+    lm = EarlyExitLM(adapter, tok, None, max_length=16, disable_tqdm=True)
+    ctx, cont = "def f(a, b, c):\n    total = a + b + c\n    return", " total"
+    whole = tok.encode(ctx + cont)
+    n_cont = len(whole) - len(tok.encode(ctx))
+    assert len(whole) > 17
+    ((logprob, _),) = lm.loglikelihood([request("loglikelihood", ctx, cont)])
+    assert logprob == pytest.approx(hand_loglikelihood(adapter, whole[-17:], n_cont)[0], abs=1e-4)
+
+
+def test_loglikelihood_rolling(embedded):
+    adapter, tok = embedded
+    text = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n"
+    tokens = tok.encode(text)
+    lm = EarlyExitLM(adapter, tok, None, disable_tqdm=True)
+    (total,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", text)])
+    want = hand_loglikelihood(adapter, [tok.eos_token_id, *tokens], len(tokens))[0]
+    assert total == pytest.approx(want, abs=1e-3)
+    # Short windows: every token is still predicted exactly once.
+    short = EarlyExitLM(adapter, tok, None, max_length=8, disable_tqdm=True)
+    (total_short,) = short.loglikelihood_rolling([request("loglikelihood_rolling", text)])
+    assert math.isfinite(total_short) and short.positions == len(tokens)
+
+
+def test_generate_until_respects_until_and_max_gen_toks(embedded):
+    adapter, tok = embedded
+    lm = EarlyExitLM(adapter, tok, None, disable_tqdm=True)
+    prompt = "def main():\n    "
+    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 24})])
+    assert 0 < lm.positions <= 24 and len(free) >= 4
+    stop = free[len(free) // 2 : len(free) // 2 + 2]
+    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 24})])
+    assert cut == free.split(stop)[0] and stop not in cut
+
+    # With exits: same interface, heads fire, output is still text.
+    heads = HeadSet(adapter, HeadSpec("shared", (3,)))
+    policy = ThresholdPolicy(heads, "entropy", {3: -1.0})
+    ee = EarlyExitLM(adapter, tok, policy, disable_tqdm=True)
+    (text,) = ee.generate_until([request("generate_until", prompt, {"until": ["\n\n"], "max_gen_toks": 16})])
+    assert isinstance(text, str) and "\n\n" not in text and 0 < ee.positions <= 16
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def test_unknown_task_names_list_the_valid_ones(embedded):
+    with pytest.raises(ValueError) as err:
+        validate_tasks(["piqa", "no_such_task"])
+    message = str(err.value)
+    assert "no_such_task" in message
+    for name in [*STANDARD_TASKS, *LOCAL_TASKS, STDLIB_TASK]:
+        assert name in message
+    lm = EarlyExitLM(*embedded, None, disable_tqdm=True)
+    with pytest.raises(ValueError, match="no_such_task"):
+        evaluate(lm, ["no_such_task"], offline=True)
+
+
+def test_standard_tasks_exist_in_lm_eval():
+    """Index only their folders (all of lm-eval's ~15k YAMLs take ~10 s)."""
+    from lm_eval.tasks import TaskManager
+
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    folders = ["lambada", "piqa", "arc", "sciq", "hellaswag", "winogrande"]
+    manager = TaskManager(include_path=[tasks_dir / f for f in folders], include_defaults=False)
+    assert set(STANDARD_TASKS) <= set(manager.all_subtasks)
+
+
+def test_offline_maps_standard_tasks_to_local_variants():
+    assert resolve_tasks(["piqa", STDLIB_TASK], offline=True) == ["piqa_local", STDLIB_TASK]
+    assert resolve_tasks(["piqa"], offline=False) == ["piqa"]
+    with pytest.raises(ValueError, match="hellaswag"):
+        resolve_tasks(["hellaswag"], offline=True)
+
+
+def test_local_task_configs_reuse_lm_evals_own(tmp_path):
+    """Prompt, target, choices and metrics come from lm-eval's YAML; only the data moves."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for task in LOCAL_TASKS.values():
+        (data / task.data_file).write_text("{}\n")
+    written = write_task_configs(list(LOCAL_TASKS), tmp_path, data_dir=data)
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    for path in written:
+        ours = load_yaml(path, resolve_func=False)
+        task = LOCAL_TASKS[ours["task"]]
+        theirs = yaml.safe_load((tasks_dir / task.base).read_text())
+        for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "output_type"):
+            assert ours.get(key) == theirs.get(key), (task.name, key)
+        data_file = ours["dataset_kwargs"]["data_files"][task.split]
+        assert ours["dataset_path"] == "json" and Path(data_file).is_absolute()
+        assert ours[f"{task.split}_split"] == task.split and ours["test_split"] in (None, "test")
+        assert ours["tag"] == []
+
+
+def test_missing_local_data_names_file_and_task(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"arc_easy_local.*arc_easy_validation\.jsonl"):
+        write_task_configs(["arc_easy_local"], tmp_path, data_dir=tmp_path / "absent")
+
+
+def test_stdlib_lambada_examples_are_deterministic():
+    rows = stdlib_lambada_examples(n=50)
+    assert rows == stdlib_lambada_examples(n=50) and len(rows) == 50
+    for row in rows:
+        assert row["target"].isidentifier() and row["target"] in row["context"]
+        assert not row["context"].endswith("\n")  # part of the target's line is given
+
+
+def test_stdlib_lambada_end_to_end(embedded, cache_dir):
+    adapter, tok = embedded
+    heads = HeadSet(adapter, HeadSpec("shared", (3,)))
+    lm = EarlyExitLM(adapter, tok, ThresholdPolicy(heads, "entropy", {3: -2.0}), disable_tqdm=True)
+    results = evaluate(lm, [STDLIB_TASK], limit=20, offline=True, cache_dir=cache_dir)
+    metrics = results[STDLIB_TASK]
+    assert 0.0 <= metrics["acc"] <= 1.0 and math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
+    assert set(lm.exit_histogram) == {3, adapter.num_layers - 1} and lm.positions >= 20
+
+
+@pytest.mark.skipif(
+    shared_data_dir() is None
+    or not all((shared_data_dir() / "eval" / t.data_file).is_file() for t in LOCAL_TASKS.values()),
+    reason="../shared/data/eval with the lambada/piqa/arc_easy/sciq JSONL files is absent on this machine",
+)
+def test_local_tasks_run(embedded, cache_dir):
+    lm = EarlyExitLM(*embedded, None, disable_tqdm=True)
+    results = evaluate(lm, list(LOCAL_TASKS), limit=5, offline=True, cache_dir=cache_dir)
+    assert set(results) == set(LOCAL_TASKS)
+    for task, metrics in results.items():
+        assert "acc" in metrics, task
+        assert all(math.isfinite(v) for v in metrics.values()), (task, metrics)

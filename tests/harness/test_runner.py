@@ -1,0 +1,177 @@
+"""The Hydra app: every config composes, bad values fail before loading, runs are recorded once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_RUN
+from hydra import compose, initialize_config_dir
+from transformers import GPTNeoXForCausalLM
+
+from earlyexit.harness.results import ResultStore
+from earlyexit.harness.runner import head_layers, validate
+from earlyexit.model.loading import PYTHIA_SIZES, pythia_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+# Small enough for a CPU test, large enough to exercise every stage.
+FAST = [
+    "bench.prompts=2",
+    "bench.max_new_tokens=6",
+    "bench.repeats=1",
+    "calibration.max_tokens=1024",
+    "task.limit=10",
+]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_config_in_every_group_composes_and_validates(group):
+    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    assert len(options) >= 2
+    for option in options:
+        cfg = config(f"{group}={option}")
+        validate(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(f"pythia-{s}" for s in PYTHIA_SIZES))
+def test_pythia_configs_build_the_right_architecture(name):
+    cfg = config(f"model={name}")
+    assert cfg.model.name == name
+    arch = pythia_config(name)
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(arch)
+    assert len(model.gpt_neox.layers) == PYTHIA_SIZES[name.removeprefix("pythia-")].num_hidden_layers
+    layers = head_layers(cfg, arch.num_hidden_layers)
+    assert len(layers) == 4 and max(layers) < arch.num_hidden_layers - 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["metric.name=confidence"],
+            "unknown confidence metric 'confidence'; valid metrics: entropy, margin",
+        ),
+        (["heads.architecture=conv"], "valid: linear, shared, mlp, lowrank"),
+        (["heads.placement=random"], "valid: explicit, even, every"),
+        (["calibration.targets=[0.5,1.5]"], "1.5"),
+        (["calibration.target=0"], "calibration: .*0"),
+        (["heads.placement=explicit"], "non-empty list of layers"),
+        (["heads.placement=explicit", "heads.layers=[7]"], r"heads: head layers \[7\] outside \[0, 7\)"),
+        (["train.loss=mse"], "unknown loss 'mse'; valid: kl, ce"),
+        (["model.dtype=int8"], "model.dtype='int8' is not one of"),
+        (["mode=layerskip", "mode.draft_length=-1"], "mode.draft_length must be >= 1, got -1"),
+        (
+            ["mode=layerskip", "mode.exit_layer=3"],
+            r"mode.exit_layer=3 is not a head layer; head layers: \[1, 2, 4, 5\]",
+        ),
+        (["task.names=[no_such_task]"], "no_such_task"),
+        (["bench.prompts=0"], "bench.prompts=0 must be an integer >= 1"),
+        (
+            ["bench.cuda_graphs=true"],
+            "bench.cuda_graphs=true with device=cpu: CUDA graphs need a CUDA device, got 'cpu'",
+        ),
+    ],
+)
+def test_bad_values_fail_before_any_model_loads(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate(config(*overrides))
+
+
+def test_pythia_layer_bounds_are_checked_offline():
+    with pytest.raises(ValueError, match=r"\[30\] outside \[0, 23\)"):
+        validate(config("model=pythia-410m", "heads.placement=explicit", "heads.layers=[30]"))
+    validate(config("model=pythia-2.8b", "heads.placement=explicit", "heads.layers=[30]"))
+
+
+def test_cuda_graphs_option_times_both_modes_through_graphs(tmp_path, monkeypatch):
+    """The option reaches the engine and the heads for the mode and its `full` baseline alike
+    (CPU replay stand-in in place of CUDA graphs, which this machine cannot capture)."""
+    import earlyexit.harness.runner as runner
+    from earlyexit.model.graphs import ReplayCapture
+
+    monkeypatch.setattr(runner, "default_capture", lambda device: ReplayCapture)
+    cfg = config(*TINY_RUN, "bench.cuda_graphs=true", f"cache_dir={tmp_path}")
+    metrics = runner.run(cfg, tmp_path)["metrics"]
+    assert metrics["graphs_captured"] > 0 and metrics["full_graphs_captured"] > 0
+    assert metrics["outputs_equal_full"] and 0 <= metrics["acceptance_rate"] <= 1
+
+
+def run_app(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *args,
+        *FAST,
+        f"results.path={tmp_path / 'records.jsonl'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_default_run_records_once_and_reuses_cached_artifacts(tmp_path):
+    first = run_app(tmp_path)
+    assert "mode dssd at target 0.9" in first.stdout and "accuracy (early-exit model vs full" in first.stdout
+    records = ResultStore(tmp_path / "records.jsonl").load()
+    assert len(records) == 1 and records["status"].iloc[0] == "ok"
+    row = records.iloc[0]
+    assert row["metric.outputs_equal_full"] and 0 <= row["metric.acceptance_rate"] <= 1
+    assert row["metric.heldout_early_exit_share"] > 0 and row["metric.flops_per_token"] > 0
+    assert not (tmp_path / "cache" / "heads").exists(), "the shipped heads must be reused"
+    assert (tmp_path / "run" / "calibration.json").exists() and list((tmp_path / "run").glob("*.log"))
+    # The same config again is skipped; force=true recomputes it; a new mode reuses the calibration.
+    run_app(tmp_path)
+    assert len(ResultStore(tmp_path / "records.jsonl").load()) == 1
+    run_app(tmp_path, "force=true")
+    again = run_app(tmp_path, "mode=early-exit")
+    assert "calibration: cached" in again.stderr + again.stdout
+    records = ResultStore(tmp_path / "records.jsonl").load()
+    assert list(records["config.mode.name"]) == ["dssd", "dssd", "early-exit"]
+    early = records.iloc[-1]
+    assert not pd.isna(early["metric.acc_delta.stdlib_lambada.acc"])
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    proc = run_app(tmp_path, "-m", "task=none", f"data.source=stdlib,{tmp_path / 'missing.txt'}")
+    assert proc.returncode == 0
+    records = ResultStore(tmp_path / "records.jsonl").load()
+    assert sorted(records["status"]) == ["failed", "ok"]
+    failed = records[records["status"] == "failed"].iloc[0]
+    assert "missing.txt" in failed["error"] and "FileNotFoundError" in failed["error"]
+
+
+def test_two_job_multirun_through_submitit_local(tmp_path):
+    run_app(tmp_path, "-m", "hydra/launcher=submitit_local", "task=none", "metric=entropy,margin")
+    records = ResultStore(tmp_path / "records.jsonl").load()
+    assert sorted(records["config.metric.name"]) == ["entropy", "margin"]
+    assert set(records["status"]) == {"ok"}
+
+
+def test_slurm_launcher_config_composes_to_submitit_slurm():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min > 0

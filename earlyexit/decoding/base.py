@@ -16,6 +16,7 @@ import torch
 from earlyexit.exits.heads import HeadSet
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine, StepOutput
+from earlyexit.model.trace import TraceCounts
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class DecodeStats:
     layer_rows: int = 0  # decode passes (not prefill): sum of layers computed x rows in the pass
     flops: int = 0  # decode passes (not prefill): analytic FLOPs of layers, attention, unembedding, heads
     exit_histogram: Counter = field(default_factory=Counter)  # exit layer -> passes
+    trace: TraceCounts = field(default_factory=TraceCounts)  # decode passes' work, as counts
     ttft_s: float = 0.0
     total_s: float = 0.0
 
@@ -145,6 +147,7 @@ class Run:
         self.stats.layer_rows += out.layer_rows
         self.stats.flops += out.flops
         self.stats.exit_histogram[out.exit_layer] += 1
+        self.stats.trace.add(out.trace)
         return out
 
     @property

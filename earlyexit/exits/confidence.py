@@ -8,11 +8,19 @@ Scores are computed in float32 from `log_softmax`, whatever the input dtype, so 
 for any finite logits (fp16 +-65504, fp32 +-3e38, huge bf16 values, all-equal or one-hot rows).
 A row holding any nan or inf gets a NaN score, and `should_exit` never passes a NaN, so a broken
 head can never trigger an exit silently.
+
+The decode loop does not call the batched score: `Metric.decide` takes one head's logits to an
+exit decision with a handful of tensor ops and a single device-to-host read (`summary` reduces
+the logits to one to three numbers on the device, `from_summary` finishes the score on the host).
+Every exit check of every token pays for it, so it is kept lean: the profile measures it against
+the head's own matmul. Non-finite logits still never exit there: each summary keeps a value that
+turns NaN or -inf when any logit is not finite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +37,20 @@ class Metric:
     description: str
     natural_label: str  # what `to_natural(score)` means, for reports
     to_natural: Callable[[float], float]  # score -> the quantity people usually quote
+    summary: Callable[[torch.Tensor], torch.Tensor]  # logits [V] -> a few float32 numbers, on device
+    from_summary: Callable[[Sequence[float]], float]  # those numbers -> the score (NaN if not finite)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return self.fn(logits)
+
+    def decide(self, logits: torch.Tensor, threshold: float) -> bool:
+        """Whether one row of logits [V] exits at `threshold`: one host read, as `should_exit` rules."""
+        return self.passes(self.summary(logits).tolist(), threshold)
+
+    def passes(self, summary: Sequence[float], threshold: float) -> bool:
+        """The host half of `decide`, for a summary read back from the device."""
+        score = self.from_summary(summary)
+        return math.isfinite(score) and score >= threshold
 
 
 def _log_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +96,33 @@ def margin(logits: torch.Tensor) -> torch.Tensor:
     return _mask(top[..., 0] - top[..., 1], ok)
 
 
+# Lean single-row summaries for `Metric.decide`. Each holds a value that is NaN or -inf when
+# any logit is nan or +-inf: log_softmax turns +inf or nan into nan everywhere, and -inf into
+# -inf (a NaN in the entropy's dot product, the minimum for max-prob and margin).
+
+
+def _row_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.detach().float(), dim=-1)
+
+
+def _entropy_summary(logits: torch.Tensor) -> torch.Tensor:
+    logp = _row_log_probs(logits)
+    return torch.linalg.vecdot(logp.exp(), logp).reshape(1)  # sum p log p
+
+
+def _max_prob_summary(logits: torch.Tensor) -> torch.Tensor:
+    return torch.stack(_row_log_probs(logits).aminmax())  # (min, max) log-probability
+
+
+def _margin_summary(logits: torch.Tensor) -> torch.Tensor:
+    logp = _row_log_probs(logits)
+    return torch.cat((logp.topk(2).values, logp.min().reshape(1)))  # top-1, top-2, min
+
+
+def _finite_or_nan(value: float, *guards: float) -> float:
+    return value if all(math.isfinite(g) for g in (value, *guards)) else math.nan
+
+
 METRICS: dict[str, Metric] = {
     "entropy": Metric(
         name="entropy",
@@ -84,6 +130,8 @@ METRICS: dict[str, Metric] = {
         description="negative Shannon entropy of the softmax, in nats (higher = more confident)",
         natural_label="entropy (nats)",
         to_natural=lambda score: -score,
+        summary=_entropy_summary,
+        from_summary=lambda s: _finite_or_nan(min(s[0], 0.0)),
     ),
     "max-prob": Metric(
         name="max-prob",
@@ -91,6 +139,8 @@ METRICS: dict[str, Metric] = {
         description="softmax probability of the top token",
         natural_label="max probability",
         to_natural=lambda score: score,
+        summary=_max_prob_summary,
+        from_summary=lambda s: _finite_or_nan(math.exp(s[1]), s[0]),
     ),
     "margin": Metric(
         name="margin",
@@ -98,6 +148,8 @@ METRICS: dict[str, Metric] = {
         description="top-1 minus top-2 softmax probability",
         natural_label="top-1 minus top-2 probability",
         to_natural=lambda score: score,
+        summary=_margin_summary,
+        from_summary=lambda s: _finite_or_nan(math.exp(s[0]) - math.exp(s[1]), s[2]),
     ),
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,26 @@ class HeadSet(nn.Module):
         if self.graphs is not None and hidden.dim() == 1:
             return self.graphs.run(("head", layer), (hidden,), lambda h: self._logits(layer, h))
         return self._logits(layer, hidden)
+
+    def with_summary(
+        self, layer: int, hidden: torch.Tensor, summary: Callable[[torch.Tensor], torch.Tensor], name: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row's logits [V] and `summary(logits)`: the exit decision's device half.
+
+        When replaying graphs, head and summary are one captured graph (named by `name`), so
+        a decision is one replay and one small host read.
+        """
+        self.flops += self._flops_per_row
+        if self.graphs is None:
+            logits = self._logits(layer, hidden)
+            return logits, summary(logits)
+
+        def body(h: torch.Tensor) -> torch.Tensor:
+            logits = self._logits(layer, h).float()
+            return torch.cat((summary(logits), logits))
+
+        out = self.graphs.run(("decision", layer, name), (hidden,), body)
+        return out[-self.vocab_size :], out[: -self.vocab_size]
 
     def _logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         norm, unembed = self._backbone

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from earlyexit.exits.confidence import get_metric, should_exit
+from earlyexit.exits.confidence import get_metric
 from earlyexit.exits.heads import HeadSet
 
 
@@ -37,10 +37,13 @@ class ThresholdPolicy:
         return list(self.thresholds)
 
     def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The head's logits if the newest token exits at `layer`, else None.
+
+        Head, metric and threshold in one lean call with one device-to-host read
+        (`Metric.decide`); agrees with `should_exit(metric(logits), threshold)`.
+        """
         threshold = self.thresholds.get(layer)
         if threshold is None:
             return None
-        logits = self.heads(layer, hidden)
-        if bool(should_exit(self.metric(logits), threshold)):
-            return logits
-        return None
+        logits, summary = self.heads.with_summary(layer, hidden, self.metric.summary, self.metric.name)
+        return logits if self.metric.passes(summary.tolist(), threshold) else None

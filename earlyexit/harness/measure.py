@@ -1,24 +1,34 @@
-"""Decoding latency on a fixed prompt set: warm-up excluded, median of repeats, spread kept.
+"""The timing protocol: modes measured interleaved prompt by prompt, speedups with an interval.
 
 Shared by the runner and scripts/benchmark_decoding.py so both report the same numbers.
-Time to first token and time per output token are reported separately (DESIGN.md).
+Why interleaved: measuring `full` first and the mode after lets warm-up, allocator growth and
+a burst of load on a shared machine land on one side; alternating the order on every sample
+(A B, B A, A B, ...) spreads drift over both. Each (repeat, prompt) is one paired sample, and
+the speedup is the ratio of the medians of time per output token, with a paired bootstrap 95%
+interval over the samples: an interval that contains 1.0 is reported as `within_noise`.
+Time to first token and time per output token are kept apart (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from earlyexit.decoding import DecodeSettings, Strategy
+from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy
 from earlyexit.exits.heads import HeadSet
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache
+from earlyexit.model.trace import TraceCounts
+
+BOOTSTRAP_SAMPLES = 2000
 
 
 def prompt_set(stream: torch.Tensor, n: int, length: int, seed: int) -> list[torch.Tensor]:
@@ -28,6 +38,135 @@ def prompt_set(stream: torch.Tensor, n: int, length: int, seed: int) -> list[tor
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(stream) - length, (n,), generator=gen).tolist()
     return [stream[s : s + length] for s in starts]
+
+
+@dataclass
+class Measured:
+    """One mode's timed samples (index = repeat * prompts + prompt) and generated ids per prompt."""
+
+    name: str
+    ids: list[list[int]] = field(default_factory=list)
+    samples: list[DecodeStats] = field(default_factory=list)
+    prompts: int = 0
+    graphs_captured: int = 0
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        return np.array([s.tpot_s for s in self.samples])
+
+    def first_repeat(self) -> list[DecodeStats]:
+        """Decoding is deterministic: one repeat per prompt holds all the work counts."""
+        return self.samples[: self.prompts]
+
+    def summary(self) -> dict:
+        """Aggregate statistics: timings over every sample, work counts over one repeat."""
+        runs, work = self.samples, self.first_repeat()
+        tpots = [s.tpot_s for s in runs]
+        drafted = sum(s.drafted for s in work)
+        verifications = sum(s.verifications for s in work)
+        decode_tokens = sum(s.tokens - 1 for s in work)
+        histogram, trace = Counter(), TraceCounts()
+        for s in work:
+            histogram.update(s.exit_histogram)
+            trace.update(s.trace)
+        decode_s = sum(s.total_s - s.ttft_s for s in runs)
+
+        def per_token(count: float) -> float:
+            return count / decode_tokens if decode_tokens else float("nan")
+
+        return {
+            "tokens": sum(s.tokens for s in work),
+            "decode_tokens": decode_tokens,
+            "tokens_per_s": sum(s.tokens for s in runs) / sum(s.total_s for s in runs),
+            "tpot_ms": 1e3 * statistics.median(tpots),
+            "tpot_ms_mean": 1e3 * decode_s / max(1, sum(s.tokens - 1 for s in runs)),
+            "tpot_ms_min": 1e3 * min(tpots),
+            "tpot_ms_max": 1e3 * max(tpots),
+            "ttft_ms": 1e3 * statistics.median(s.ttft_s for s in runs),
+            "acceptance_rate": sum(s.accepted for s in work) / drafted if drafted else float("nan"),
+            "accepted_per_verification": (
+                sum(s.accepted for s in work) / verifications if verifications else float("nan")
+            ),
+            "layers_per_token": per_token(trace.layer_rows),
+            "flops_per_token": per_token(sum(s.flops for s in work)),
+            "heads_evaluated_per_token": per_token(trace.heads_evaluated),
+            "passes_per_token": per_token(trace.passes),
+            "exit_histogram": dict(sorted(histogram.items())),
+            "trace": trace.to_json(),
+            "prompts": self.prompts,
+            "repeats": len(runs) // max(1, self.prompts),
+            "graphs_captured": self.graphs_captured,
+        }
+
+
+def measure_interleaved(
+    strategies: Sequence[Strategy],
+    adapter: ModelAdapter,
+    prompts: list[torch.Tensor],
+    settings: DecodeSettings,
+    repeats: int = 3,
+    warmup: int = 1,
+    progress: bool = False,
+    graphs: Capture | None = None,
+) -> list[Measured]:
+    """Every strategy on every prompt, `repeats` times, in alternating order per sample.
+
+    Warm-up is untimed: each strategy decodes the first prompt `warmup` times, and with
+    `graphs` (earlyexit/model/graphs.py) every prompt once, so no graph capture falls inside
+    a timed call. Sample j = repeat * len(prompts) + prompt runs the strategies in order when
+    j is even and in reverse when odd (A B B A ... for two).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = [s.name for s in strategies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategies must have distinct names, got {names}")
+    engines = [ExitEngine(adapter, exit_layers=s.exit_layers, graphs=graphs) for s in strategies]
+    out = [Measured(s.name, prompts=len(prompts)) for s in strategies]
+    with ExitStack() as stack:
+        head_graphs = [stack.enter_context(_graphed_heads(s.heads, graphs)) for s in strategies]
+        for strategy, engine in zip(strategies, engines, strict=True):
+            for _ in range(warmup):
+                strategy.generate(engine, prompts[0], settings)
+            if graphs is not None:
+                for prompt in prompts:
+                    strategy.generate(engine, prompt, settings)
+        order = list(range(len(strategies)))
+        desc = "benchmark " + " vs ".join(names)
+        for j in tqdm(range(repeats * len(prompts)), desc=desc, disable=not progress):
+            prompt = prompts[j % len(prompts)]
+            for k in order if j % 2 == 0 else order[::-1]:
+                result = strategies[k].generate(engines[k], prompt, settings)
+                out[k].samples.append(result.stats)
+                if j < len(prompts):
+                    out[k].ids.append(result.ids)
+    for m, engine, cache in zip(out, engines, head_graphs, strict=True):
+        m.graphs_captured = len(engine.graphs or ()) + len(cache or ())
+    return out
+
+
+def speedup_interval(
+    baseline: Measured, mode: Measured, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> dict:
+    """Ratio of median time per output token (baseline / mode) and its paired bootstrap 95% interval.
+
+    The resampling draws whole (repeat, prompt) samples, the same draws for both sides, since
+    the two were measured side by side.
+    """
+    base, other = baseline.tpot_s, mode.tpot_s
+    if len(base) != len(other) or len(base) == 0:
+        raise ValueError(f"need paired samples, got {len(base)} and {len(other)}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(base), size=(samples, len(base)))
+    ratios = np.median(base[draws], axis=1) / np.median(other[draws], axis=1)
+    low, high = (float(v) for v in np.quantile(ratios, [0.025, 0.975]))
+    return {
+        "speedup": float(np.median(base) / np.median(other)),
+        "speedup_ci_low": low,
+        "speedup_ci_high": high,
+        "within_noise": bool(low <= 1.0 <= high),
+        "timing_samples": len(base),
+    }
 
 
 def measure_decoding(
@@ -40,54 +179,11 @@ def measure_decoding(
     progress: bool = False,
     graphs: Capture | None = None,
 ) -> tuple[list[list[int]], dict]:
-    """Generated ids per prompt and aggregate statistics (per-prompt medians over repeats).
-
-    With `graphs` (earlyexit/model/graphs.py) the engine's segments and the strategy's heads are
-    replayed as captured graphs. Graphs are captured on first use, so warm-up then decodes
-    every prompt once (decoding is deterministic): no capture falls inside a timed call.
-    """
-    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers, graphs=graphs)
-    outputs, runs = [], []
-    with _graphed_heads(strategy.heads, graphs) as head_graphs:
-        for _ in range(warmup):
-            strategy.generate(engine, prompts[0], settings)
-        if graphs is not None:
-            for prompt in prompts:
-                strategy.generate(engine, prompt, settings)
-        for prompt in tqdm(prompts, desc=f"benchmark {strategy.name}", disable=not progress):
-            results = sorted(
-                (strategy.generate(engine, prompt, settings) for _ in range(repeats)),
-                key=lambda r: r.stats.total_s,
-            )
-            median = results[len(results) // 2]
-            outputs.append(median.ids)
-            runs.append(median.stats)
-    tpots = [s.tpot_s for s in runs]
-    drafted = sum(s.drafted for s in runs)
-    histogram = Counter()
-    for s in runs:
-        histogram.update(s.exit_histogram)
-    decode_tokens = sum(s.tokens - 1 for s in runs)
-    return outputs, {
-        "tokens": sum(s.tokens for s in runs),
-        "tokens_per_s": sum(s.tokens for s in runs) / sum(s.total_s for s in runs),
-        "tpot_ms": 1e3 * statistics.median(tpots),
-        "tpot_ms_min": 1e3 * min(tpots),
-        "tpot_ms_max": 1e3 * max(tpots),
-        "ttft_ms": 1e3 * statistics.median(s.ttft_s for s in runs),
-        "acceptance_rate": sum(s.accepted for s in runs) / drafted if drafted else float("nan"),
-        "accepted_per_verification": (
-            sum(s.accepted for s in runs) / v if (v := sum(s.verifications for s in runs)) else float("nan")
-        ),
-        "layers_per_token": sum(s.layer_rows for s in runs) / decode_tokens
-        if decode_tokens
-        else float("nan"),
-        "flops_per_token": sum(s.flops for s in runs) / decode_tokens if decode_tokens else float("nan"),
-        "exit_histogram": dict(sorted(histogram.items())),
-        "prompts": len(prompts),
-        "repeats": repeats,
-        "graphs_captured": len(engine.graphs or ()) + len(head_graphs or ()),
-    }
+    """One strategy alone (no baseline): generated ids per prompt and its summary statistics."""
+    (measured,) = measure_interleaved(
+        [strategy], adapter, prompts, settings, repeats, warmup, progress, graphs
+    )
+    return measured.ids, measured.summary()
 
 
 @contextmanager

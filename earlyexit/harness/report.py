@@ -42,15 +42,39 @@ def format_summary(summary: dict) -> str:
     table = pd.DataFrame(rows, columns=["", summary["mode"], "full"]).set_index("")
     lines.append(table.to_string(float_format="%.3f"))
     nan = float("nan")
+    noise = "  (within noise)" if m.get("within_noise") else ""
     lines.append(
-        f"speedup {m.get('speedup', nan):.3f}x   FLOPs ratio {m.get('flops_ratio', nan):.3f}   "
-        f"acceptance {m.get('acceptance_rate', nan):.3f}"
+        f"speedup {m.get('speedup', nan):.3f}x  [95% CI {m.get('speedup_ci_low', nan):.3f}-"
+        f"{m.get('speedup_ci_high', nan):.3f}, {m.get('timing_samples', 0)} interleaved samples]{noise}   "
+        f"FLOPs ratio {m.get('flops_ratio', nan):.3f}   acceptance {m.get('acceptance_rate', nan):.3f}"
     )
+    if "predicted_tpot_ms" in m:
+        lines += ["", _breakdown(m)]
+    if summary.get("profile"):
+        lines += ["", summary["profile"]]
     acc = {k: v for k, v in m.items() if k.startswith(("acc.", "acc_full.", "acc_delta."))}
     if acc:
         lines += ["", "accuracy (early-exit model vs full, lm-eval):"]
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(acc.items())]
     return "\n".join(lines)
+
+
+def _breakdown(m: dict) -> str:
+    """Predicted ms per token by part (the cost model) beside the measured mean, mode and full."""
+    parts = sorted({k.split(".", 1)[1] for k in m if k.startswith("time_ms.")})
+    rows = [(p, m[f"time_ms.{p}"], m.get(f"full_time_ms.{p}")) for p in parts]
+    rows += [
+        ("predicted total", m["predicted_tpot_ms"], m.get("full_predicted_tpot_ms")),
+        ("measured (mean)", m.get("tpot_ms_mean"), m.get("full_tpot_ms_mean")),
+        ("prediction error", m.get("prediction_error"), m.get("full_prediction_error")),
+    ]
+    table = pd.DataFrame(rows, columns=["ms per token (cost model)", "mode", "full"]).set_index(
+        "ms per token (cost model)"
+    )
+    return (
+        table.to_string(float_format="%.4f")
+        + f"\npredicted speedup {m.get('predicted_speedup', float('nan')):.3f}x"
+    )
 
 
 def _g(x: float | None) -> float | None:

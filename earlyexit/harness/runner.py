@@ -32,16 +32,20 @@ from earlyexit.exits.heads import HeadSpec, head_cost_ratio, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
+from earlyexit.harness.cost_model import CATEGORIES, predict
 from earlyexit.harness.loggers import log_run
-from earlyexit.harness.measure import measure_decoding, prompt_set
+from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
+from earlyexit.harness.profile import CostProfile, measure_profile, profile_identity
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.harness.timing import environment
 from earlyexit.model.adapter import get_adapter
-from earlyexit.model.graphs import default_capture
+from earlyexit.model.graphs import default_capture, kv_bucket
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
+from earlyexit.model.trace import TraceCounts
 
 log = logging.getLogger(__name__)
+PROFILE_ROWS = 8  # the engine's graph row limit; verification passes of longer drafts extrapolate
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -197,20 +201,32 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
     settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
     graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
-    full_ids, full = measure_decoding(
-        make_strategy("full"), adapter, prompts, settings, b.repeats, b.warmup, True, graphs
-    )
-    if cfg.mode.name == "full":  # the baseline is the run: measure it once
-        ids, mode = full_ids, full
+    # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure.py).
+    lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
+    measured = measure_interleaved(lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs)
+    full_ids, full = measured[0].ids, measured[0].summary()
+    ids, mode = measured[-1].ids, measured[-1].summary()
+    if cfg.mode.name == "full":  # the baseline is the run: measured once, its speedup is 1 by definition
+        comparison = {"speedup": 1.0, "speedup_ci_low": 1.0, "speedup_ci_high": 1.0, "within_noise": True}
+        comparison["timing_samples"] = len(measured[0].samples)
     else:
-        ids, mode = measure_decoding(strategy, adapter, prompts, settings, b.repeats, b.warmup, True, graphs)
+        comparison = speedup_interval(measured[0], measured[1], seed=cfg.seed)
 
-    log.info("stage 5/5: FLOPs and record")
-    metrics.update({k: v for k, v in mode.items() if k != "exit_histogram"})
+    log.info("stage 5/5: FLOPs, cost model and record")
+    profile = cost_profile(cfg, adapter, heads, graphs)
+    prediction = predict_run(profile, cfg.mode.name, metric, mode, full)
+    metrics.update({k: v for k, v in mode.items() if k not in ("exit_histogram", "trace")})
     metrics.update(
-        {f"full_{k}": v for k, v in full.items() if k not in ("exit_histogram", "prompts", "repeats")}
+        {
+            f"full_{k}": v
+            for k, v in full.items()
+            if k not in ("exit_histogram", "prompts", "repeats", "trace")
+        }
     )
-    metrics["speedup"] = full["tpot_ms"] / mode["tpot_ms"]
+    metrics.update(comparison)
+    metrics.update(prediction)
+    metrics["trace"] = mode["trace"]
+    metrics["full_trace"] = full["trace"]
     metrics["flops_ratio"] = mode["flops_per_token"] / full["flops_per_token"]
     metrics["flops_saved"] = 1 - metrics["flops_ratio"]
     metrics["exit_histogram"] = mode["exit_histogram"]
@@ -251,6 +267,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "exit_shares": shares,
         "metrics": metrics,
         "per_head": per_head,
+        "profile": profile.describe(),
     }
     if output_dir is not None:
         out = Path(output_dir)
@@ -259,6 +276,55 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(format_summary(summary))
     return summary
+
+
+def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
+    """This device's component profile for the model shape and head architecture (cached).
+
+    KV lengths span the benchmark's (as a graphed pass attends over its KV bucket); rows go up
+    to the engine's graph row limit, beyond which the profile extrapolates.
+    """
+    b = cfg.bench
+    first, last = b.prompt_len + 1, b.prompt_len + b.max_new_tokens
+    kv_lengths = sorted({first, (first + last) // 2, last})
+    if graphs is not None:
+        kv_lengths = sorted({kv_bucket(k, adapter.max_positions) for k in kv_lengths})
+    device_name = environment(cfg.device, adapter.dtype)["device_name"]
+    identity = {
+        **profile_identity(adapter, heads, graphs is not None, device_name),
+        "kv_lengths": kv_lengths,
+        "max_rows": PROFILE_ROWS,
+        "repeats": b.get("profile_repeats", 15),
+    }
+
+    def measure() -> dict:
+        return measure_profile(
+            adapter, heads, kv_lengths, PROFILE_ROWS, graphs, device_name, identity["repeats"]
+        ).to_json()
+
+    profile = CostProfile.from_json(cached_json(cfg.cache_dir, "profile", identity, measure))
+    log.info("%s", profile.describe())
+    return profile
+
+
+def predict_run(profile: CostProfile, mode_name: str, metric: str, mode: dict, full: dict) -> dict:
+    """Predicted time per token of the mode and of full, beside the measured (mean) ones."""
+    def one(summary: dict, name: str) -> dict:
+        trace = TraceCounts.from_json(summary["trace"])
+        return predict(trace, summary["decode_tokens"], profile, name, metric)
+
+    mine, base = one(mode, mode_name), one(full, "full")
+    return {
+        "predicted_tpot_ms": mine["tpot_ms"],
+        "prediction_error": mine["tpot_ms"] / mode["tpot_ms_mean"] - 1,
+        "full_predicted_tpot_ms": base["tpot_ms"],
+        "full_prediction_error": base["tpot_ms"] / full["tpot_ms_mean"] - 1,
+        "predicted_speedup": base["tpot_ms"] / mine["tpot_ms"],
+        **{f"time_ms.{k}": mine[k] for k in CATEGORIES},
+        **{f"full_time_ms.{k}": base[k] for k in CATEGORIES},
+        "profile_key": profile.key,
+        "model_shape": profile.identity["model_shape"],
+    }
 
 
 def accuracy(

@@ -26,6 +26,7 @@ from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.flops import attention_flops, linear_flops, unembed_flops
 from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
 from earlyexit.model.kv_cache import StaticKVCache
+from earlyexit.model.trace import PassTrace, SegmentRun
 
 # On CUDA, SDPA may pick cuDNN attention, which builds a new plan for every KV length
 # (45-61 ms per step, DESIGN.md); the memory-efficient kernel takes our boolean mask and
@@ -56,6 +57,7 @@ class StepOutput:
     final_positions: list[int] = field(default_factory=list)  # positions of those rows
     layer_rows: int = 0  # sum over computed layers of rows processed (cost accounting)
     flops: int = 0  # analytic FLOPs of this pass (layers, attention, unembedding; heads count their own)
+    trace: PassTrace = field(default_factory=PassTrace)  # what the pass computed, as counts
 
 
 class ExitEngine:
@@ -97,8 +99,14 @@ class ExitEngine:
         self._attention = (
             partial(sdpa_kernel, CUDA_ATTENTION) if adapter.device.type == "cuda" else nullcontext
         )
-        self._layer_flops = [linear_flops(layer) for layer in adapter.layers]
+        # FLOPs bookkeeping is plain integer arithmetic per segment: prefix sums of the layers'
+        # matmul FLOPs, and attention FLOPs per key per row per layer.
+        layer_flops = [linear_flops(layer) for layer in adapter.layers]
+        self._flops_prefix = [sum(layer_flops[:i]) for i in range(num_layers + 1)]
+        self._attention_flops_per_key = attention_flops(adapter, 1)
+        self._unembed_flops = unembed_flops(adapter)
         self._pass_flops = 0
+        self._trace = PassTrace()
 
     def reset(self) -> None:
         """Forget the sequence (buffers are reused; stale entries are never attended)."""
@@ -132,41 +140,57 @@ class ExitEngine:
         if exit_check is not None and n != 1:
             raise ValueError("exits are decided per token: pass one token at a time with exit_check")
         adapter = self.adapter
+        last_layer = adapter.num_layers - 1
         positions = list(range(self.length, self.length + n))
         hidden = adapter.embed(ids.to(adapter.device))  # [n, d]
         layer_rows = 0
         self._pass_flops = 0
+        trace = self._trace = PassTrace()
         for start, end in self.segments:
-            joiners = [p for p in self.pending if p.layer == start - 1]
-            if joiners:
-                self.pending = [p for p in self.pending if p.layer != start - 1]
-                positions = [p.position for p in joiners] + positions
-                hidden = torch.cat([torch.stack([p.hidden for p in joiners]), hidden])
-                order = sorted(range(len(positions)), key=positions.__getitem__)
-                if order != list(range(len(positions))):
-                    positions = [positions[i] for i in order]
-                    hidden = hidden[order]
-            hidden = self._run_segment(start, end, hidden, positions)
+            if self.pending:
+                positions, hidden = self._join_pending(start, positions, hidden)
+            hidden = self._run_segment(start, end, hidden, positions, n)
             layer_rows += (end - start + 1) * len(positions)
-            if exit_check is not None and end < adapter.num_layers - 1:
+            if exit_check is not None and end < last_layer:
                 logits = exit_check(end, hidden[-1])
+                trace.checks.append((end, logits is not None))
                 if logits is not None:
                     self.pending.extend(Pending(p, end, h) for p, h in zip(positions, hidden, strict=True))
                     self.length += n
-                    return StepOutput(logits, end, layer_rows=layer_rows, flops=self._pass_flops)
+                    return StepOutput(logits, end, layer_rows=layer_rows, flops=self._pass_flops, trace=trace)
         final = self._unembed(hidden)
-        self._pass_flops += unembed_flops(adapter) * len(positions)
+        self._pass_flops += self._unembed_flops * len(positions)
+        trace.unembed_rows = len(positions)
         self.length += n
         return StepOutput(
             logits=final[-1],
-            exit_layer=adapter.num_layers - 1,
+            exit_layer=last_layer,
             final_logits=final,
             final_positions=positions,
             layer_rows=layer_rows,
             flops=self._pass_flops,
+            trace=trace,
         )
 
-    def _run_segment(self, start: int, end: int, hidden: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    def _join_pending(
+        self, start: int, positions: list[int], hidden: torch.Tensor
+    ) -> tuple[list[int], torch.Tensor]:
+        """Add the pending tokens that exited just below `start` to the rows, in position order."""
+        joiners = [p for p in self.pending if p.layer == start - 1]
+        if not joiners:
+            return positions, hidden
+        self.pending = [p for p in self.pending if p.layer != start - 1]
+        positions = [p.position for p in joiners] + positions
+        hidden = torch.cat([torch.stack([p.hidden for p in joiners]), hidden])
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        if order != list(range(len(positions))):
+            positions = [positions[i] for i in order]
+            hidden = hidden[order]
+        return positions, hidden
+
+    def _run_segment(
+        self, start: int, end: int, hidden: torch.Tensor, positions: list[int], new_rows: int | None = None
+    ) -> torch.Tensor:
         """Run layers start..end on the rows (graph replay when one fits, else eager)."""
         rows = len(positions)
         pos = self._position_tensor(positions)
@@ -181,10 +205,11 @@ class ExitEngine:
             kv_len = self.max_len if self.static_kv_len else positions[-1] + 1
             out = self._segment(start, end, hidden, pos, kv_len)
         # A graphed pass attends over (and so counts) the whole KV bucket: that work is done.
-        per_row = sum(self._layer_flops[start : end + 1]) + (end - start + 1) * attention_flops(
-            self.adapter, kv_len
-        )
-        self._pass_flops += per_row * rows
+        layers = end - start + 1
+        per_row = self._flops_prefix[end + 1] - self._flops_prefix[start]
+        self._pass_flops += (per_row + layers * self._attention_flops_per_key * kv_len) * rows
+        new_rows = rows if new_rows is None else new_rows
+        self._trace.segments.append(SegmentRun(start, end, new_rows, rows - new_rows, kv_len))
         return out
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:

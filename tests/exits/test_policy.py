@@ -21,18 +21,15 @@ def _heads(seed=0):
     return adapter, HeadSet(adapter, HeadSpec("shared", (1, 3)))
 
 
-def test_policy_exits_exactly_where_the_score_passes():
+def test_policy_exits_where_the_score_passes():
+    # The policy's lean decision (Metric.decide) finishes the score on the host, so it agrees
+    # with the batched score up to float32 rounding: test a relative hair on either side.
     adapter, heads = _heads()
     hidden = torch.randn(32, dtype=torch.float64)
     score = get_metric("max-prob")(heads(1, hidden)).item()
-    assert ThresholdPolicy(heads, "max-prob", {1: score})(1, hidden) is not None
-    assert (
-        ThresholdPolicy(
-            heads, "max-prob", {1: torch.nextafter(torch.tensor(score), torch.tensor(2.0)).item()}
-        )(1, hidden)
-        is None
-    )
-    assert ThresholdPolicy(heads, "max-prob", {1: score})(3, hidden) is None  # no threshold there
+    assert ThresholdPolicy(heads, "max-prob", {1: score * (1 - 1e-6)})(1, hidden) is not None
+    assert ThresholdPolicy(heads, "max-prob", {1: score * (1 + 1e-6)})(1, hidden) is None
+    assert ThresholdPolicy(heads, "max-prob", {1: 0.0})(3, hidden) is None  # no threshold there
 
 
 def test_unreachable_heads_are_not_evaluated():

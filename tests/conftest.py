@@ -21,6 +21,7 @@ TINY_RUN = [
     "bench.repeats=1",
     "bench.warmup=0",
     "calibration.max_tokens=2048",
+    "bench.profile_repeats=2",
 ]
 
 

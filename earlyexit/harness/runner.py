@@ -100,7 +100,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
     check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
-    _positive(cfg, "bench.prompts", "bench.prompt_len", "bench.max_new_tokens", "bench.repeats")
+    _positive(
+        cfg, "bench.prompts", "bench.prompt_len", "bench.max_new_tokens", "bench.repeats", "bench.profile_repeats"
+    )
     if cfg.bench.get("cuda_graphs"):
         try:
             default_capture(cfg.device)
@@ -294,7 +296,7 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
         **profile_identity(adapter, heads, graphs is not None, device_name),
         "kv_lengths": kv_lengths,
         "max_rows": PROFILE_ROWS,
-        "repeats": b.get("profile_repeats", 15),
+        "repeats": b.profile_repeats,
     }
 
     def measure() -> dict:

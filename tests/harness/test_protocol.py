@@ -1,0 +1,100 @@
+"""The timing protocol: interleaved order, the speedup's bootstrap interval, and equal work = noise."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import damped_model, prompts
+
+from earlyexit.decoding import DecodeSettings, DecodeStats, DSSDDecoding, FullDecoding
+from earlyexit.exits.heads import HeadSet
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.harness.measure import Measured, measure_interleaved, speedup_interval
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
+
+
+class Recorder:
+    """A strategy that records the order it is called in and delegates to `full`."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log, self.inner = name, log, FullDecoding()
+        self.exit_layers, self.heads = [], None
+
+    def generate(self, engine, prompt, settings):
+        self.log.append(self.name)
+        return self.inner.generate(engine, prompt, settings)
+
+
+def test_modes_alternate_order_on_every_sample_after_an_untimed_warmup():
+    adapter = get_adapter(damped_model(0))
+    log: list[str] = []
+    lineup = [Recorder("A", log), Recorder("B", log)]
+    out = measure_interleaved(
+        lineup, adapter, prompts(3, 0), DecodeSettings(max_new_tokens=3), repeats=2, warmup=1
+    )
+    assert log[:2] == ["A", "B"]  # warm-up: each mode once, untimed
+    assert "".join(log[2:]) == "ABBAABBAABBA"  # 6 samples: A B, B A, A B, ...
+    assert [len(m.samples) for m in out] == [6, 6]
+    assert [len(m.ids) for m in out] == [3, 3]
+
+
+def _measured(name: str, tpots_ms: list[float]) -> Measured:
+    samples = []
+    for t in tpots_ms:
+        s = DecodeStats(tokens=11)
+        s.ttft_s, s.total_s = 0.0, 10 * t / 1e3
+        samples.append(s)
+    return Measured(name, samples=samples, prompts=len(samples))
+
+
+def test_speedup_is_the_ratio_of_medians_with_an_interval_around_it():
+    gen = np.random.default_rng(1)
+    base = list(10 + gen.normal(0, 0.3, 40))
+    fast = list(5 + gen.normal(0, 0.15, 40))
+    out = speedup_interval(_measured("full", base), _measured("dssd", fast))
+    assert out["speedup"] == pytest.approx(np.median(base) / np.median(fast))
+    assert out["speedup_ci_low"] < out["speedup"] < out["speedup_ci_high"]
+    assert 1.8 < out["speedup_ci_low"] and out["speedup_ci_high"] < 2.2
+    assert out["within_noise"] is False and out["timing_samples"] == 40
+
+
+def test_same_distribution_is_within_noise_and_a_real_gap_is_not():
+    gen = np.random.default_rng(2)
+    a, b = list(10 + gen.normal(0, 1, 30)), list(10 + gen.normal(0, 1, 30))
+    assert speedup_interval(_measured("full", a), _measured("x", b))["within_noise"] is True
+    slower = [t * 1.3 for t in b]
+    assert speedup_interval(_measured("full", a), _measured("x", slower))["within_noise"] is False
+
+
+def test_unpaired_samples_are_refused():
+    with pytest.raises(ValueError, match="paired"):
+        speedup_interval(_measured("full", [1.0, 2.0]), _measured("x", [1.0]))
+
+
+def test_a_mode_doing_full_work_comes_out_within_noise_on_the_embedded_model():
+    """DSSD whose thresholds never fire computes exactly what `full` does: the protocol must not
+    report a speedup (the issue's 1.318x from measuring `full` first and cold)."""
+    model, tokenizer = load_model("embedded", dtype=torch.float32, device="cpu")
+    adapter = get_adapter(model)
+    heads = HeadSet.load(sorted((EMBEDDED_MODEL_DIR / "heads").glob("*.safetensors"))[0], adapter)
+    never = ThresholdPolicy(heads, "entropy", dict.fromkeys(heads.layers, math.inf))
+    text = "def main(argv):\n    parser = argparse.ArgumentParser()\n    return parser.parse_args(argv)\n"
+    ids = torch.tensor(tokenizer(text * 4)["input_ids"])
+    prompt_list = [ids[i : i + 24] for i in range(0, 48, 8)]
+    full, dssd = measure_interleaved(
+        [FullDecoding(), DSSDDecoding(never)],
+        adapter,
+        prompt_list,
+        DecodeSettings(max_new_tokens=16),
+        repeats=3,
+    )
+    work = [m.summary() for m in (full, dssd)]
+    assert work[0]["layers_per_token"] == work[1]["layers_per_token"] == adapter.num_layers
+    assert work[0]["flops_per_token"] == work[1]["flops_per_token"]
+    assert full.ids == dssd.ids
+    result = speedup_interval(full, dssd)
+    assert result["within_noise"], result

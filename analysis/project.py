@@ -249,10 +249,15 @@ def load_profile(path: Path) -> CostProfile:
     if not path.is_file():
         raise ValueError(f"no cost profile at {path}")
     try:
-        return CostProfile.load(path)
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not JSON ({err})") from err
-    except (TypeError, KeyError, ValueError) as err:
+    sidecar = path.with_name(path.name.removesuffix(".json") + ".result.json")
+    if isinstance(data, dict) and "identity" not in data and sidecar.is_file():
+        raise ValueError(f"{path} is a cache identity file; the profile itself is {sidecar}")
+    try:
+        return CostProfile.from_json(data)
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: not a readable cost profile ({err})") from err
 
 

@@ -106,6 +106,8 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
 def _speedup_intervals(ax, points: pd.DataFrame, y: str, color: str) -> None:
     """The speedup's 95% interval as a horizontal bar from its low to its high end (not from the
     point: a median ratio can sit off its bootstrap interval's centre). ``gid`` names them for tests."""
+    if "speedup_ci_low" not in points or "speedup_ci_high" not in points:
+        return  # a frame built without the interval columns
     low, high = points["speedup_ci_low"].astype(float), points["speedup_ci_high"].astype(float)
     shown = points[np.isfinite(low) & np.isfinite(high) & (points["mode"] != "full")]
     if shown.empty:
@@ -264,6 +266,8 @@ def _acceptance_label(row: pd.Series) -> str:
 
 def _predicted(df: pd.DataFrame) -> pd.DataFrame:
     """Runs priced by the cost model; records from before it have no predicted time."""
+    if "predicted_tpot_ms" not in df:
+        return df.iloc[:0]
     return df[np.isfinite(pd.to_numeric(df["predicted_tpot_ms"], errors="coerce"))]
 
 

@@ -69,7 +69,7 @@ class Projection:
                 f"model): {', '.join(self.no_trace)}"
             )
         for what, groups in (
-            ("of another shape", self.mismatched),
+            ("of another model shape or head architecture", self.mismatched),
             ("the profile cannot price", self.unpriceable),
         ):
             for reason, labels in groups.items():
@@ -84,6 +84,7 @@ def describe_run(row: pd.Series) -> str:
 
 
 def _trace(value: Any) -> TraceCounts | None:
+    """The stored trace (a JSON string in the store), None where the record has none."""
     if isinstance(value, str) and value:
         value = json.loads(value)
     return TraceCounts.from_json(value) if isinstance(value, dict) else None
@@ -114,10 +115,14 @@ def project(df: pd.DataFrame, profile: CostProfile) -> Projection:
     )
     for _, r in order.iterrows():
         label = describe_run(r)
-        trace, full_trace = _trace(r.get("trace")), _trace(r.get("full_trace"))
+        try:
+            trace, full_trace = _trace(r.get("trace")), _trace(r.get("full_trace"))
+        except (ValueError, KeyError, TypeError) as err:
+            out.unpriceable.setdefault(f"unreadable pass trace: {err!r}", []).append(label)
+            continue
         tokens, full_tokens = _count(r.get("decode_tokens")), _count(r.get("full_decode_tokens"))
         shape = r.get("model_shape")
-        if None in (trace, full_trace, tokens, full_tokens) or not isinstance(shape, str):
+        if any(v is None for v in (trace, full_trace, tokens, full_tokens)) or not isinstance(shape, str):
             out.no_trace.append(label)
             continue
         try:

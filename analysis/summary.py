@@ -34,7 +34,7 @@ def _text(value: object) -> str:
 
 
 def speedup_cell(row: pd.Series) -> str:
-    """ "0.94× [0.88–1.01]": the speedup and its paired bootstrap 95% interval where recorded.
+    """The speedup and its paired bootstrap 95% interval where recorded, as 0.94× [0.88–1.01].
 
     The full model is the baseline (1× by definition, no interval); records from before the
     timing protocol show the bare ratio.
@@ -51,7 +51,8 @@ def speedup_cell(row: pd.Series) -> str:
 
 
 def noise_cell(row: pd.Series) -> str:
-    """ "≈ 1" where the interval contains 1.0 (not distinguishable from full), "—" if unknown."""
+    """≈ 1 where the interval contains 1.0 (not distinguishable from full), "no" where it does
+    not, "—" where unknown (the baseline itself, records from before the timing protocol)."""
     value = row.get("within_noise")
     if row.get("mode") == "full" or not isinstance(value, bool | np.bool_):
         return "—"

@@ -403,11 +403,15 @@ def test_projection_refuses_a_profile_of_another_shape_or_head_architecture_nami
 def test_projection_projects_matching_runs_and_names_the_skipped(store):
     other = "GPTNeoXForCausalLM layers=12 hidden=768"
     ResultStore(store).append(run_record("dssd", 9.0, 9.0, profile=make_profile(shape=other), shape=other))
+    corrupt = run_record("early-exit", 7.0, 9.0, **{"calibration.target": 0.5})
+    corrupt["metric.trace"] = "{not json"
+    ResultStore(store).append(corrupt)
     result = project(load_results(store), make_profile())
     assert len(result.table) == 4 and set(result.table["mode"]) == {"full", "early-exit", "dssd", "layerskip"}
     notes = result.notes()
+    assert any("unreadable pass trace" in n and "early-exit · entropy t=0.5" in n for n in notes)
     assert any(n.startswith("skipped 1 run(s) without a pass trace") for n in notes)
-    (shape_note,) = [n for n in notes if "of another shape" in n]
+    (shape_note,) = [n for n in notes if "of another model shape or head architecture" in n]
     assert f"profile '{SHAPE}', runs '{other}'" in shape_note and "m DSSD · entropy t=0.8 [" in shape_note
 
 

@@ -15,10 +15,22 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import THRESHOLD_MODES, exit_histogram_table, per_head_table, unique
-from analysis.measures import acceptance_ratio
-from analysis.pareto import accuracy_axis, front, mark_fronts, mode_group, run_label
-from analysis.plotting import NoData, bar_offsets, group_marker, metric_color, model_title, panel_grid, save
+from analysis.load import COST_CATEGORIES, THRESHOLD_MODES, exit_histogram_table, per_head_table, unique
+from analysis.measures import acceptance_ratio, prediction_error_by_mode, prediction_points, time_breakdown
+from analysis.pareto import MODE_LABELS, accuracy_axis, front, mark_fronts, mode_group, run_label
+from analysis.plotting import (
+    CATEGORY_COLORS,
+    CATEGORY_LABELS,
+    MODE_MARKERS,
+    NoData,
+    bar_offsets,
+    group_marker,
+    metric_color,
+    mode_color,
+    model_title,
+    panel_grid,
+    save,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +45,8 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
 
     Series: early-exit per metric (over targets), DSSD per metric (each point a target), the
     LayerSkip (E, K) grid and full; filled markers are on their series' front, the dashed grey line
-    is the front over all series.
+    is the front over all series. Against speedup, each run's paired bootstrap 95% interval is a
+    horizontal bar (records from before the timing protocol have none and get none).
     """
     xlabel, reference = X_AXES[x]
     y, ylabel = accuracy_axis(df)
@@ -64,6 +77,8 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
             )
             off = points[~points["on_front"]]
             ax.scatter(off[x], off[y], marker=marker, facecolors="none", edgecolors=color, s=40)
+            if x == "speedup":
+                _speedup_intervals(ax, points, y, color)
             if group != "full":
                 for _, row in points.iterrows():
                     # Lossless runs pile up on y = 0: stagger their labels so that they stay legible.
@@ -86,6 +101,23 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.legend(fontsize=7)
     return fig
+
+
+def _speedup_intervals(ax, points: pd.DataFrame, y: str, color: str) -> None:
+    """The speedup's 95% interval as a horizontal bar from its low to its high end (not from the
+    point: a median ratio can sit off its bootstrap interval's centre). ``gid`` names them for tests."""
+    if "speedup_ci_low" not in points or "speedup_ci_high" not in points:
+        return  # a frame built without the interval columns
+    low, high = points["speedup_ci_low"].astype(float), points["speedup_ci_high"].astype(float)
+    shown = points[np.isfinite(low) & np.isfinite(high) & (points["mode"] != "full")]
+    if shown.empty:
+        return
+    bars = ax.hlines(
+        shown[y], shown["speedup_ci_low"], shown["speedup_ci_high"], colors=color, linewidth=1.2, alpha=0.7
+    )
+    bars.set_gid("speedup_ci")
+    for end in ("speedup_ci_low", "speedup_ci_high"):
+        ax.scatter(shown[end], shown[y], marker="|", color=color, s=30, alpha=0.7, gid="speedup_ci_cap")
 
 
 def fig_exit_histograms(df: pd.DataFrame) -> Figure:
@@ -232,6 +264,117 @@ def _acceptance_label(row: pd.Series) -> str:
     return f"LayerSkip {run_label(row)}"
 
 
+def _predicted(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs priced by the cost model; records from before it have no predicted time."""
+    if "predicted_tpot_ms" not in df:
+        return df.iloc[:0]
+    return df[np.isfinite(pd.to_numeric(df["predicted_tpot_ms"], errors="coerce"))]
+
+
+def fig_time_breakdown(df: pd.DataFrame) -> Figure:
+    """(f) Where the time goes: per run, the predicted ms per output token in each cost category
+    (stacked bar; ``earlyexit.harness.cost_model``) and the measured mean (black diamond). One
+    ``full`` bar per panel: the baseline every run measured beside itself. A bar longer than its
+    diamond over-predicts; the gap is what the cost model does not explain."""
+    bars = time_breakdown(_predicted(df))
+    if bars.empty:
+        raise NoData("no run has a predicted time breakdown (records from before the cost model)")
+    panels = unique(zip(bars["model"], bars["timing"], strict=True))
+    most = max(int(((bars["model"] == m) & (bars["timing"] == t)).sum()) for m, t in panels)
+    fig, axes = panel_grid(len(panels), width=9.0, height=1.6 + 0.38 * most, max_cols=2)
+    for ax, (model, timing) in zip(axes, panels, strict=True):
+        part = bars[(bars["model"] == model) & (bars["timing"] == timing)].reset_index(drop=True)
+        ys = np.arange(len(part))
+        left = np.zeros(len(part))
+        for category in COST_CATEGORIES:
+            width = part[category].to_numpy(dtype=float)
+            if not (width > 0).any():
+                continue  # a category no run here pays (e.g. KV fill without early exit)
+            ax.barh(
+                ys,
+                width,
+                left=left,
+                color=CATEGORY_COLORS[category],
+                label=CATEGORY_LABELS[category],
+                gid=category,
+            )
+            left += width
+        ax.scatter(
+            part["measured_ms"],
+            ys,
+            marker="D",
+            color="black",
+            s=22,
+            zorder=3,
+            label="measured (mean)",
+            gid="measured",
+        )
+        ax.set_yticks(ys, part["label"], fontsize=7)
+        ax.invert_yaxis()
+        regime = "" if timing == "eager" else f" · {timing}"
+        ax.set(
+            title=f"Where the time goes: {model_title(model)}{regime}",
+            xlabel="predicted ms per output token (bars) · measured mean (◆)",
+        )
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+PREDICTION_BAND = 0.15
+
+
+def fig_predicted_vs_measured(df: pd.DataFrame) -> Figure:
+    """(g) Predicted vs measured (mean) time per output token for every run and its full
+    baseline, coloured by mode, on the y = x line and a ±15% band; the legend gives each mode's
+    median |prediction error|. Points off the band are runs the cost model does not explain."""
+    points = prediction_points(_predicted(df))
+    if points.empty:
+        raise NoData("no run has both a predicted and a measured mean time per token")
+    errors = prediction_error_by_mode(points, PREDICTION_BAND)
+    panels = unique(zip(points["model"], points["timing"], strict=True))
+    fig, axes = panel_grid(len(panels), width=7.0, height=4.4, max_cols=2)
+    for ax, (model, timing) in zip(axes, panels, strict=True):
+        part = points[(points["model"] == model) & (points["timing"] == timing)]
+        top = 1.1 * float(max(part["measured_ms"].max(), part["predicted_ms"].max()))
+        line = np.array([0.0, top])
+        band = ax.fill_between(
+            line,
+            (1 - PREDICTION_BAND) * line,
+            (1 + PREDICTION_BAND) * line,
+            color="0.88",
+            label=f"±{PREDICTION_BAND:.0%}",
+        )
+        band.set_gid("band")
+        ax.plot(line, line, color="0.4", linestyle="--", linewidth=1, label="y = x", gid="identity")
+        here = errors[(errors["model"] == model) & (errors["timing"] == timing)]
+        for mode in unique(here["mode"]):
+            mine = part[part["mode"] == mode]
+            median = float(here.loc[here["mode"] == mode, "median_abs_error"].iloc[0])
+            name = MODE_LABELS.get(mode, str(mode))
+            ax.scatter(
+                mine["measured_ms"],
+                mine["predicted_ms"],
+                color=mode_color(mode),
+                marker=MODE_MARKERS.get(name, "o"),
+                s=30,
+                alpha=0.8,
+                zorder=3,
+                label=f"{name} (median |error| {median:.0%})",
+                gid=f"points:{mode}",
+            )
+        regime = "" if timing == "eager" else f" · {timing}"
+        ax.set(
+            title=f"Predicted vs measured: {model_title(model)}{regime}",
+            xlabel="measured time per output token (mean, ms)",
+            ylabel="predicted by the cost model (ms)",
+            xlim=(0, top),
+            ylim=(0, top),
+        )
+        ax.set_aspect("equal")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "speed_accuracy_speedup": lambda df: fig_speed_accuracy(df, "speedup"),
     "speed_accuracy_flops": lambda df: fig_speed_accuracy(df, "flops_saved"),
@@ -239,6 +382,8 @@ FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "separation_auroc": fig_separation,
     "calibration": fig_calibration,
     "acceptance": fig_acceptance,
+    "time_breakdown": fig_time_breakdown,
+    "predicted_vs_measured": fig_predicted_vs_measured,
 }
 
 

@@ -31,6 +31,18 @@ DEFAULT_STORE = Path("results/records.jsonl")
 LOSSLESS_MODES = ("full", "layerskip", "dssd")
 # Modes whose exits depend on a confidence metric and a calibrated target.
 THRESHOLD_MODES = ("early-exit", "dssd")
+# Where a token's predicted time goes. Mirrors earlyexit.harness.cost_model.CATEGORIES (a test
+# checks they agree), copied for the same reason as LOSSLESS_MODES.
+COST_CATEGORIES = (
+    "layers_full",
+    "layers_draft",
+    "layers_verify",
+    "layers_fill",
+    "head_matmuls",
+    "exit_decisions",
+    "unembedding",
+    "pass_fixed",
+)
 
 # Short name -> store column. A column missing from the store becomes all-NaN, so that code
 # downstream can rely on every short name existing, whatever subset of runs was stored.
@@ -44,12 +56,32 @@ KEY_COLUMNS: dict[str, str] = {
     "max_draft": "config.mode.max_draft",
     "heads": "config.heads.architecture",
     "tasks": "config.task.names",
+    "head_rank": "config.heads.rank",
     "speedup": "metric.speedup",
+    # The speedup's paired bootstrap 95% interval; within_noise: the interval contains 1.0.
+    "speedup_ci_low": "metric.speedup_ci_low",
+    "speedup_ci_high": "metric.speedup_ci_high",
+    "within_noise": "metric.within_noise",
+    "timing_samples": "metric.timing_samples",
     "flops_saved": "metric.flops_saved",
     "flops_ratio": "metric.flops_ratio",
     "acceptance_rate": "metric.acceptance_rate",
     "tpot_ms": "metric.tpot_ms",
     "full_tpot_ms": "metric.full_tpot_ms",
+    # Mean time per output token (what the cost model predicts) and the prediction beside it.
+    "tpot_ms_mean": "metric.tpot_ms_mean",
+    "full_tpot_ms_mean": "metric.full_tpot_ms_mean",
+    "predicted_tpot_ms": "metric.predicted_tpot_ms",
+    "prediction_error": "metric.prediction_error",
+    "full_predicted_tpot_ms": "metric.full_predicted_tpot_ms",
+    "full_prediction_error": "metric.full_prediction_error",
+    "predicted_speedup": "metric.predicted_speedup",
+    "decode_tokens": "metric.decode_tokens",
+    "full_decode_tokens": "metric.full_decode_tokens",
+    "trace": "metric.trace",
+    "full_trace": "metric.full_trace",
+    "profile_key": "metric.profile_key",
+    "model_shape": "metric.model_shape",
     "layers_per_token": "metric.layers_per_token",
     "exit_share": "metric.heldout_early_exit_share",
     "agreement": "metric.heldout_agreement_at_target",
@@ -57,7 +89,35 @@ KEY_COLUMNS: dict[str, str] = {
     "device": "env.device",
     "device_name": "env.device_name",
     "cuda_graphs": "config.bench.cuda_graphs",
+    # Predicted ms per output token in each cost category, of the mode and of its full baseline.
+    **{f"time_ms.{c}": f"metric.time_ms.{c}" for c in COST_CATEGORIES},
+    **{f"full_time_ms.{c}": f"metric.full_time_ms.{c}" for c in COST_CATEGORIES},
 }
+# Columns that are numbers whenever present (NaN for records that predate them).
+NUMERIC_COLUMNS = (
+    "target",
+    "exit_layer",
+    "draft_length",
+    "max_draft",
+    "speedup",
+    "flops_saved",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "timing_samples",
+    "tpot_ms",
+    "full_tpot_ms",
+    "tpot_ms_mean",
+    "full_tpot_ms_mean",
+    "predicted_tpot_ms",
+    "prediction_error",
+    "full_predicted_tpot_ms",
+    "full_prediction_error",
+    "predicted_speedup",
+    "decode_tokens",
+    "full_decode_tokens",
+    *(f"time_ms.{c}" for c in COST_CATEGORIES),
+    *(f"full_time_ms.{c}" for c in COST_CATEGORIES),
+)
 META_COLUMNS = ("run_id", "config_key", "status", "created_at", "source")
 # The accuracy number of a task, in order of preference. Perplexities are left out on purpose:
 # lower is better there, so averaging them with accuracies would mix directions.
@@ -147,8 +207,10 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     for name in (*KEY_COLUMNS, *META_COLUMNS):
         if name not in df:
             df[name] = np.nan
-    for name in ("target", "exit_layer", "draft_length", "max_draft", "speedup", "flops_saved"):
+    for name in NUMERIC_COLUMNS:
         df[name] = pd.to_numeric(df[name], errors="coerce")
+    # True / False where measured; NaN (not False) for records from before the timing protocol.
+    df["within_noise"] = df["within_noise"].map(lambda v: v if isinstance(v, bool | np.bool_) else np.nan)
     df["lossless"] = df["mode"].isin(LOSSLESS_MODES)
     # Eager and CUDA-graph latencies are different regimes: fronts and panels keep them apart.
     df["timing"] = np.where(df["cuda_graphs"].eq(True), "CUDA graphs", "eager")

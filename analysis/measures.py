@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import run_label
+from analysis.load import COST_CATEGORIES
+from analysis.pareto import run_label, run_name
 
 
 def acceptance_ratio(df: pd.DataFrame) -> float:
@@ -31,3 +32,88 @@ def best_speedup(df: pd.DataFrame, modes: tuple[str, ...]) -> tuple[float, str]:
         return float("nan"), f"no {'/'.join(modes)} run"
     row = rows.loc[rows["speedup"].astype(float).idxmax()]
     return float(row["speedup"]), f"best {row['mode']} ({run_label(row)})"
+
+
+# ---------------------------------------------------------------- cost model: breakdown and prediction
+# What the predicted-time figures and the summary read, computed once here so they agree. Records
+# from before the cost model (no predicted time) are left out by both.
+
+MODE_ORDER = {"full": 0, "early-exit": 1, "dssd": 2, "layerskip": 3}
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs in reading order: by mode, then metric, target, LayerSkip's E and K."""
+    keys = [k for k in ("metric", "target", "exit_layer", "draft_length") if k in df]
+    order = df.assign(_order=df["mode"].map(MODE_ORDER).fillna(len(MODE_ORDER)))
+    return order.sort_values(["_order", *keys], kind="stable").drop(columns="_order")
+
+
+def time_breakdown(df: pd.DataFrame) -> pd.DataFrame:
+    """Predicted ms per output token per cost category, one row per bar of "where the time goes".
+
+    Per model and timing regime: one ``full`` row (the median, per category, of the full
+    baselines that every run measured beside itself; a ``full`` run's baseline is itself), then
+    one row per non-full run. ``measured_ms`` is the measured mean time per output token (what
+    the prediction is compared with), ``predicted_ms`` the sum of the categories.
+    """
+    mine = [f"time_ms.{c}" for c in COST_CATEGORIES]
+    base = [f"full_time_ms.{c}" for c in COST_CATEGORIES]
+    columns = ["model", "timing", "run_id", "mode", "label", "measured_ms", "predicted_ms", *COST_CATEGORIES]
+    have = df[pd.to_numeric(df["predicted_tpot_ms"], errors="coerce").notna()]
+    rows = []
+    for (model, timing), part in have.groupby(["model", "timing"], sort=False, dropna=False):
+        baselines = part[part[base].notna().all(axis=1)]
+        if not baselines.empty:
+            n = len(baselines)
+            cats = baselines[base].median().to_numpy()
+            label = "full" if n == 1 else f"full (median of {n} baselines)"
+            measured = baselines["full_tpot_ms_mean"].median()
+            rows.append([model, timing, None, "full", label, measured, cats.sum(), *cats])
+        runs = _ordered(part[(part["mode"] != "full") & part[mine].notna().all(axis=1)])
+        for _, row in runs.iterrows():
+            cats = row[mine].to_numpy(dtype=float)
+            rows.append(
+                [
+                    model,
+                    timing,
+                    row["run_id"],
+                    row["mode"],
+                    run_name(row),
+                    row["tpot_ms_mean"],
+                    cats.sum(),
+                    *cats,
+                ]
+            )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def prediction_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Predicted vs measured (mean) time per output token: each run's own point and, for a
+    non-full run, its full baseline's (mode ``full``, ``baseline`` True); error = predicted /
+    measured − 1, as the runner stores it."""
+    columns = ["model", "timing", "run_id", "mode", "baseline", "measured_ms", "predicted_ms", "error"]
+    rows = []
+    for _, r in df.iterrows():
+        own = (r["tpot_ms_mean"], r["predicted_tpot_ms"])
+        if np.isfinite(own).all():
+            rows.append([r["model"], r["timing"], r["run_id"], r["mode"], False, *own])
+        full = (r["full_tpot_ms_mean"], r["full_predicted_tpot_ms"])
+        if r["mode"] != "full" and np.isfinite(full).all():
+            rows.append([r["model"], r["timing"], r["run_id"], "full", True, *full])
+    points = pd.DataFrame([[*row, row[-1] / row[-2] - 1] for row in rows], columns=columns)
+    return points.astype({"measured_ms": float, "predicted_ms": float, "error": float})
+
+
+def prediction_error_by_mode(points: pd.DataFrame, band: float = 0.15) -> pd.DataFrame:
+    """Per model, timing regime and mode: how many points, the median |prediction error| and the
+    share within ``band`` (the issue's target: median |error| <= 15% for every mode)."""
+    columns = ["model", "timing", "mode", "points", "median_abs_error", "within_band"]
+    if points.empty:
+        return pd.DataFrame(columns=columns)
+    table = (
+        points.assign(abs_error=points["error"].abs())
+        .groupby(["model", "timing", "mode"], sort=False, dropna=False)["abs_error"]
+        .agg(points="size", median_abs_error="median", within_band=lambda e: float((e <= band).mean()))
+        .reset_index()
+    )
+    return _ordered(table)[columns].reset_index(drop=True)

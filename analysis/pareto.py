@@ -63,6 +63,19 @@ def run_label(row: pd.Series) -> str:
     return str(row.get("mode"))
 
 
+def run_name(row: pd.Series) -> str:
+    """A run in a few words: its series and what distinguishes it there ("DSSD · entropy t=0.8",
+    "LayerSkip E=2 K=4", "full")."""
+    mode = row.get("mode")
+    name = MODE_LABELS.get(mode, str(mode))
+    if mode == "full":
+        return name
+    metric = row.get("metric")
+    if mode in THRESHOLD_MODES and isinstance(metric, str):
+        name += f" · {metric}"
+    return f"{name} {run_label(row)}"
+
+
 def _int(value: object) -> str:
     if isinstance(value, int | float) and math.isfinite(value):
         return str(int(value))

@@ -19,6 +19,30 @@ FORMATS = ("png", "pdf")
 MODE_MARKERS = {"full": "*", "early-exit": "o", "DSSD": "s", "LayerSkip": "^"}
 # One colour per confidence metric in every figure, so that a metric is recognised at a glance.
 METRIC_COLORS = {"entropy": "C0", "margin": "C1", "max-prob": "C2"}
+# One colour per decoding mode where points are coloured by mode (predicted vs measured).
+MODE_COLORS = {"full": "0.2", "early-exit": "C2", "dssd": "C0", "layerskip": "C1"}
+# Cost categories (earlyexit.harness.cost_model): legend text and a colour each, layers in blues
+# and greens, the overheads outside the layers in warm colours.
+CATEGORY_LABELS = {
+    "layers_full": "layers, full-depth tokens",
+    "layers_draft": "layers, drafts / exited tokens",
+    "layers_verify": "verification layers (drafts above their exit)",
+    "layers_fill": "KV-fill layers (exited tokens)",
+    "head_matmuls": "head matmuls",
+    "exit_decisions": "exit decisions (metric, threshold, host read)",
+    "unembedding": "unembedding",
+    "pass_fixed": "per-pass fixed cost",
+}
+CATEGORY_COLORS = {
+    "layers_full": "#1f4e79",
+    "layers_draft": "#5b9bd5",
+    "layers_verify": "#2e8b57",
+    "layers_fill": "#9acd32",
+    "head_matmuls": "#c0504d",
+    "exit_decisions": "#f79646",
+    "unembedding": "#8064a2",
+    "pass_fixed": "#a5a5a5",
+}
 
 
 def bar_offsets(slots: int, index: int, count: int) -> tuple[np.ndarray, float]:
@@ -72,6 +96,11 @@ def model_title(model: object, df: pd.DataFrame | None = None) -> str:
 def group_marker(group: str) -> str:
     """Marker of a series, by its mode (the part of the group label before the metric)."""
     return MODE_MARKERS.get(group.split(" · ")[0], "o")
+
+
+def mode_color(mode: object) -> str:
+    """The decoding mode's colour (grey for a mode this table does not know)."""
+    return MODE_COLORS.get(str(mode), "0.5")
 
 
 def metric_color(metric: object) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.load import unique
+from analysis.measures import MODE_ORDER, prediction_error_by_mode, prediction_points
 from analysis.pareto import accuracy_axis, mark_fronts
 from analysis.published import compare, load_published
-
-MODE_ORDER = {"full": 0, "early-exit": 1, "dssd": 2, "layerskip": 3}
 
 
 def _num(value: object, fmt: str) -> str:
@@ -31,6 +31,32 @@ def _text(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return str(value).replace("|", "\\|")
+
+
+def speedup_cell(row: pd.Series) -> str:
+    """The speedup and its paired bootstrap 95% interval where recorded, as 0.94× [0.88–1.01].
+
+    The full model is the baseline (1× by definition, no interval); records from before the
+    timing protocol show the bare ratio.
+    """
+    if pd.isna(row.get("speedup")):
+        return "—"
+    cell = _num(row["speedup"], ".2f") + "×"
+    if row.get("mode") == "full":
+        return cell + " (baseline)"
+    low, high = row.get("speedup_ci_low"), row.get("speedup_ci_high")
+    if pd.notna(low) and pd.notna(high):
+        cell += f" [{_num(low, '.2f')}–{_num(high, '.2f')}]"
+    return cell
+
+
+def noise_cell(row: pd.Series) -> str:
+    """≈ 1 where the interval contains 1.0 (not distinguishable from full), "no" where it does
+    not, "—" where unknown (the baseline itself, records from before the timing protocol)."""
+    value = row.get("within_noise")
+    if row.get("mode") == "full" or not isinstance(value, bool | np.bool_):
+        return "—"
+    return "≈ 1" if value else "no"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -53,7 +79,8 @@ def measured_table(df: pd.DataFrame) -> str:
         "target",
         "E",
         "K",
-        "speedup",
+        "speedup [95% CI]",
+        "within noise",
         "FLOPs saved",
         "acc Δ",
         "agreement Δ",
@@ -71,7 +98,8 @@ def measured_table(df: pd.DataFrame) -> str:
             _num(r["target"], "g"),
             _num(r["exit_layer"], ".0f"),
             _num(r["draft_length"], ".0f"),
-            _num(r["speedup"], ".2f") + ("×" if pd.notna(r["speedup"]) else ""),
+            speedup_cell(r),
+            noise_cell(r),
             _num(r["flops_saved"], "+.1%"),
             _num(r["acc_delta"], "+.3f"),
             _num(r["agreement_delta"], "+.3f"),
@@ -84,6 +112,73 @@ def measured_table(df: pd.DataFrame) -> str:
         for _, r in marked.iterrows()
     ]
     return markdown_table(header, rows)
+
+
+def cost_model_section(df: pd.DataFrame) -> str:
+    """Median |prediction error| per mode (each run's own point, and for ``full`` every run's
+    baseline too), then each run's predicted vs measured time per token."""
+    points = prediction_points(df)
+    if points.empty:
+        return "No run has a predicted time per token (records from before the cost model)."
+    table = prediction_error_by_mode(points)
+    header = ["model", "timing", "mode", "points", "median abs(prediction error)", "within ±15%"]
+    by_mode = [
+        [
+            _text(r["model"]),
+            _text(r["timing"]),
+            _text(r["mode"]),
+            str(int(r["points"])),
+            _num(r["median_abs_error"], ".1%"),
+            _num(r["within_band"], ".0%"),
+        ]
+        for _, r in table.iterrows()
+    ]
+    runs = df[np.isfinite(pd.to_numeric(df["predicted_tpot_ms"], errors="coerce"))]
+    runs = runs.assign(_order=runs["mode"].map(MODE_ORDER)).sort_values(
+        ["model", "timing", "_order", "metric", "target", "exit_layer", "draft_length"]
+    )
+    per_run = [
+        [
+            _text(r["model"]),
+            _text(r["timing"]),
+            _text(r["mode"]),
+            _text(r["metric"]),
+            _num(r["target"], "g"),
+            _num(r["exit_layer"], ".0f"),
+            _num(r["draft_length"], ".0f"),
+            _num(r["tpot_ms_mean"], ".3f"),
+            _num(r["predicted_tpot_ms"], ".3f"),
+            _num(r["prediction_error"], "+.1%"),
+            _num(r["full_tpot_ms_mean"], ".3f"),
+            _num(r["full_predicted_tpot_ms"], ".3f"),
+            _num(r["full_prediction_error"], "+.1%"),
+            _num(r["predicted_speedup"], ".2f"),
+        ]
+        for _, r in runs.iterrows()
+    ]
+    run_header = [
+        "model",
+        "timing",
+        "mode",
+        "metric",
+        "target",
+        "E",
+        "K",
+        "measured ms/token (mean)",
+        "predicted ms/token",
+        "error",
+        "full measured",
+        "full predicted",
+        "full error",
+        "predicted speedup",
+    ]
+    intro = (
+        "Each run's pass trace priced by the component profile measured on its own device "
+        "(`earlyexit.harness.cost_model`), beside its measured mean time per output token; "
+        "error = predicted / measured − 1. The `full` row counts every run's full baseline "
+        "(measured beside it) as well as the `full` runs. Target: median abs(error) ≤ 15% per mode."
+    )
+    return "\n\n".join([intro, markdown_table(header, by_mode), markdown_table(run_header, per_run)])
 
 
 def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
@@ -168,13 +263,17 @@ def write_summary(
     parts = [
         "# Results summary",
         f"{len(df)} run(s) from `{source}`, {len(unique(df['model']))} model(s). Speedup = full time per "
-        "output token / mode's; FLOPs saved = 1 − FLOPs per token ratio; acc Δ = lm-eval accuracy minus the "
+        "output token / mode's, medians over paired (prompt, repeat) samples measured interleaved with full, "
+        "with a paired bootstrap 95% interval in brackets; within noise (≈ 1) = that interval contains 1. "
+        "FLOPs saved = 1 − FLOPs per token ratio; acc Δ = lm-eval accuracy minus the "
         "full model's, mean over tasks (lossless modes: 0); agreement Δ = held-out token agreement with the "
         "full model − 1 (lossless modes: 0); held-out early exits = share of held-out tokens leaving before "
         'the last layer at the calibrated thresholds; "on front" = on the model\'s speed-accuracy Pareto '
         f"front, over all modes, with accuracy taken as {axis}.",
         "## Measured",
         measured_table(df),
+        "## Cost model: predicted vs measured",
+        cost_model_section(df),
         "## Published vs measured",
         published_section(df, published),
         "## Figures",

@@ -20,12 +20,21 @@ from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 
 from analysis.figures import FIGURES, make_all
-from analysis.load import LOSSLESS_MODES, latest_per_config, load_results, load_wandb, per_head_table
+from analysis.load import (
+    COST_CATEGORIES,
+    LOSSLESS_MODES,
+    latest_per_config,
+    load_results,
+    load_wandb,
+    per_head_table,
+)
 from analysis.measures import acceptance_ratio
 from analysis.pareto import accuracy_axis, front, mark_fronts, pareto_mask
+from analysis.project import project
 from analysis.published import load_published, model_match
 from analysis.summary import write_summary
 from earlyexit.harness import runner
+from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import EmptyResultsError, ResultStore, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,6 +299,24 @@ def test_real_runs_load_with_short_columns(runs):
     assert {"auroc_entropy", "auroc_margin", "auroc_max-prob", "heldout_agreement_at_target"} <= set(heads)
 
 
+def test_real_runs_carry_a_speedup_interval_and_a_priced_breakdown_that_reprojects(runs, store):
+    lossy = runs[runs["mode"] != "full"]
+    assert (lossy["speedup_ci_low"] <= lossy["speedup_ci_high"]).all()
+    assert lossy["within_noise"].isin([True, False]).all()
+    assert (lossy["timing_samples"] == 2).all()  # 2 prompts x 1 repeat (TINY_RUN)
+    parts = runs[[f"time_ms.{c}" for c in COST_CATEGORIES]].sum(axis=1)
+    np.testing.assert_allclose(parts, runs["predicted_tpot_ms"], rtol=1e-9)
+    assert (runs["predicted_tpot_ms"] > 0).all() and np.isfinite(runs["prediction_error"]).all()
+    # Re-priced with the profile they were recorded with (cached beside the heads), the
+    # projection reproduces every stored prediction, the mode's and its full baseline's.
+    (path,) = (store.parent / "cache" / "profile").glob("*.result.json")
+    profile = CostProfile.load(path)
+    assert set(runs["profile_key"]) == {profile.key}
+    projected = project(runs, profile).table.set_index("run_id").loc[runs["run_id"]]
+    np.testing.assert_allclose(projected["projected_tpot_ms"], runs["predicted_tpot_ms"], rtol=1e-9)
+    np.testing.assert_allclose(projected["projected_full_tpot_ms"], runs["full_predicted_tpot_ms"], rtol=1e-9)
+
+
 def test_fronts_on_real_runs_are_exactly_the_undominated_runs(runs):
     y = "agreement_delta"
     marked = mark_fronts(runs, "speedup", y, by=["model"])
@@ -329,10 +356,17 @@ def test_every_figure_is_drawn_from_real_runs(drawn):
 def test_summary_has_the_measured_table_and_the_published_comparison(runs, drawn):
     out, written, skipped = drawn
     text = write_summary(runs, out, "records.jsonl", written, skipped).read_text()
-    measured = text.split("## Measured")[1].split("## Published vs measured")[0]
+    measured = text.split("## Measured")[1].split("## Cost model: predicted vs measured")[0]
     rows = [line for line in measured.splitlines() if line.startswith("| embedded |")]
     assert len(rows) == len(RUNS)
-    assert "| speedup | FLOPs saved | acc Δ |" in measured
+    assert "| speedup [95% CI] | within noise | FLOPs saved | acc Δ |" in measured
+    for _, run in runs[runs["mode"] != "full"].iterrows():
+        interval = f"{run['speedup']:.2f}× [{run['speedup_ci_low']:.2f}–{run['speedup_ci_high']:.2f}]"
+        assert f"| {interval} | {'≈ 1' if run['within_noise'] else 'no'} |" in measured
+    cost = text.split("## Cost model: predicted vs measured")[1].split("## Published vs measured")[0]
+    per_mode = [line.split(" | ")[2] for line in cost.splitlines() if line.startswith("| embedded | eager |")]
+    assert per_mode[:4] == ["full", "early-exit", "dssd", "layerskip"]  # then one row per run
+    assert len(per_mode) == 4 + len(RUNS)
     published = text.split("## Published vs measured")[1]
     assert "No published number below matches our runs in both model and task" in published
     ratio = acceptance_ratio(runs)
@@ -366,7 +400,7 @@ def test_notebooks_run_with_plain_python_and_draw_their_figures(store, tmp_path,
     monkeypatch.setenv("EARLYEXIT_FIGURES", str(tmp_path))
     monkeypatch.setattr(sys, "path", list(sys.path))  # the notebooks put the repo root on sys.path
     notebooks = sorted((ROOT / "analysis" / "notebooks").glob("*.py"))
-    assert len(notebooks) == 5
+    assert len(notebooks) == 6
     for notebook in notebooks:
         assert notebook.read_text().startswith("# %% [markdown]")
         runpy.run_path(str(notebook), run_name="__main__")

@@ -1,0 +1,299 @@
+"""``python -m analysis.project --profile PROFILE.json``: stored runs re-priced with another profile.
+
+Why: a run's pass trace records what it computed (layers, rows, heads, unembeddings) as counts,
+so pricing the same trace with a component profile measured elsewhere (a GPU, another dtype,
+CUDA graphs) projects what that run would cost there without running it again. A projection is
+a cost model's answer, not a measurement: every column, title and file name here says
+"projected", and nothing here is written into the measured records or ``summary.md``.
+
+Runs are re-priced with ``earlyexit.harness.cost_model.predict``. A profile is only valid for runs
+of its own model shape and head architecture (``CostProfile.check_prices``): runs of another are
+skipped and named, and when no run matches the command refuses, naming both sides. Runs recorded
+before pass traces existed are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import COST_CATEGORIES, DEFAULT_STORE, THRESHOLD_MODES, latest_per_config, load_results
+from analysis.measures import MODE_ORDER
+from analysis.pareto import run_name
+from analysis.summary import _num, _text, markdown_table
+from earlyexit.harness.cost_model import predict
+from earlyexit.harness.profile import CostProfile
+from earlyexit.harness.results import EmptyResultsError
+from earlyexit.model.trace import TraceCounts
+
+log = logging.getLogger("analysis.project")
+
+# Run identity columns carried into the projected table (never a measured number).
+ID_COLUMNS = ("run_id", "model", "mode", "metric", "target", "exit_layer", "draft_length", "heads", "timing")
+PROJECTED_COLUMNS = (
+    "projected_tpot_ms",
+    "projected_full_tpot_ms",
+    "projected_speedup",
+    *(f"projected_time_ms.{c}" for c in COST_CATEGORIES),
+)
+
+
+class ProjectionRefused(ValueError):
+    """The profile cannot price any of the stored runs (the message names why, both sides)."""
+
+
+@dataclass
+class Projection:
+    """Projected numbers per run, and the runs left out with the reason for each."""
+
+    table: pd.DataFrame
+    profile: CostProfile
+    no_trace: list[str] = field(default_factory=list)
+    mismatched: dict[str, list[str]] = field(default_factory=dict)  # reason -> run labels
+    unpriceable: dict[str, list[str]] = field(default_factory=dict)  # reason -> run labels
+
+    def notes(self) -> list[str]:
+        """One line per group of skipped runs, naming them."""
+        lines = []
+        if self.no_trace:
+            lines.append(
+                f"skipped {len(self.no_trace)} run(s) without a pass trace (recorded before the cost "
+                f"model): {', '.join(self.no_trace)}"
+            )
+        for what, groups in (
+            ("of another model shape or head architecture", self.mismatched),
+            ("the profile cannot price", self.unpriceable),
+        ):
+            for reason, labels in groups.items():
+                lines.append(f"skipped {len(labels)} run(s) {what} ({reason}): {', '.join(labels)}")
+        return lines
+
+
+def describe_run(row: pd.Series) -> str:
+    """A run in a few words: series, target or (E, K), and the start of its run id."""
+    run_id = row.get("run_id")
+    return f"{row.get('model')} {run_name(row)}" + (f" [{run_id[:8]}]" if isinstance(run_id, str) else "")
+
+
+def _trace(value: Any) -> TraceCounts | None:
+    """The stored trace (a JSON string in the store), None where the record has none."""
+    if isinstance(value, str) and value:
+        value = json.loads(value)
+    return TraceCounts.from_json(value) if isinstance(value, dict) else None
+
+
+def _count(value: Any) -> int | None:
+    number = pd.to_numeric(value, errors="coerce")
+    return int(number) if np.isfinite(number) and number >= 1 else None
+
+
+def _rank(row: pd.Series) -> int | None:
+    rank = pd.to_numeric(row.get("head_rank"), errors="coerce")
+    return int(rank) if np.isfinite(rank) else None
+
+
+def project(df: pd.DataFrame, profile: CostProfile) -> Projection:
+    """Each run's trace and its full baseline's, priced with ``profile``: projected ms per
+    output token (total and per category) and projected speedup.
+
+    Raises ``ProjectionRefused`` when runs with traces exist but none matches the profile's
+    model shape and head architecture (the message names the profile's and the runs'), or when
+    no run has a trace at all.
+    """
+    out = Projection(pd.DataFrame(columns=[*ID_COLUMNS, *PROJECTED_COLUMNS]), profile)
+    rows = []
+    order = df.assign(_order=df["mode"].map(MODE_ORDER)).sort_values(
+        ["model", "timing", "_order", "metric", "target", "exit_layer", "draft_length"], kind="stable"
+    )
+    for _, r in order.iterrows():
+        label = describe_run(r)
+        try:
+            trace, full_trace = _trace(r.get("trace")), _trace(r.get("full_trace"))
+        except (ValueError, KeyError, TypeError) as err:
+            out.unpriceable.setdefault(f"unreadable pass trace: {err!r}", []).append(label)
+            continue
+        tokens, full_tokens = _count(r.get("decode_tokens")), _count(r.get("full_decode_tokens"))
+        shape = r.get("model_shape")
+        if any(v is None for v in (trace, full_trace, tokens, full_tokens)) or not isinstance(shape, str):
+            out.no_trace.append(label)
+            continue
+        try:
+            profile.check_prices(shape, str(r.get("heads")), _rank(r))
+        except ValueError as err:
+            out.mismatched.setdefault(str(err), []).append(label)
+            continue
+        metric = r.get("metric") if isinstance(r.get("metric"), str) else None
+        if metric is None and r["mode"] in THRESHOLD_MODES:
+            out.unpriceable.setdefault("no confidence metric recorded", []).append(label)
+            continue
+        try:
+            mine = predict(trace, tokens, profile, str(r["mode"]), metric)
+            base = predict(full_trace, full_tokens, profile, "full", metric)
+        except ValueError as err:  # a metric the profile did not time, a mode the model does not know
+            out.unpriceable.setdefault(str(err), []).append(label)
+            continue
+        rows.append(
+            {
+                **{c: r.get(c) for c in ID_COLUMNS},
+                "projected_tpot_ms": mine["tpot_ms"],
+                "projected_full_tpot_ms": base["tpot_ms"],
+                "projected_speedup": base["tpot_ms"] / mine["tpot_ms"],
+                **{f"projected_time_ms.{c}": mine[c] for c in COST_CATEGORIES},
+            }
+        )
+    if rows:
+        out.table = pd.DataFrame(rows, columns=[*ID_COLUMNS, *PROJECTED_COLUMNS])
+        return out
+    if out.mismatched:
+        reasons = "; ".join(f"{reason} ({len(labels)} run(s))" for reason, labels in out.mismatched.items())
+        raise ProjectionRefused(f"profile {profile_name(profile)} cannot price any stored run: {reasons}")
+    if out.unpriceable:
+        reasons = "; ".join(out.unpriceable)
+        raise ProjectionRefused(f"profile {profile_name(profile)} cannot price any stored run: {reasons}")
+    raise ProjectionRefused(
+        f"none of the {len(df)} stored run(s) has a pass trace (all recorded before the cost model); "
+        "re-run them to project them"
+    )
+
+
+def profile_name(profile: CostProfile) -> str:
+    """Where a profile was measured, in words: device, dtype and timing regime."""
+    i = profile.identity
+    regime = "CUDA graphs" if i.get("graphs") else "eager"
+    device = i.get("device_name") or i.get("device") or "unknown device"
+    return f"{device} ({i.get('dtype')}, {regime}; key {profile.key})"
+
+
+def markdown(projection: Projection, profile_path: str | Path, source: str) -> str:
+    """The projected table as a markdown page, titled and worded as a projection."""
+    p = projection.profile
+    header = [
+        "model",
+        "mode",
+        "metric",
+        "target",
+        "E",
+        "K",
+        "heads",
+        "traced with",
+        "projected full ms/token",
+        "projected ms/token",
+        "projected speedup",
+    ]
+    rows = [
+        [
+            _text(r["model"]),
+            _text(r["mode"]),
+            _text(r["metric"]),
+            _num(r["target"], "g"),
+            _num(r["exit_layer"], ".0f"),
+            _num(r["draft_length"], ".0f"),
+            _text(r["heads"]),
+            _text(r["timing"]),
+            _num(r["projected_full_tpot_ms"], ".4f"),
+            _num(r["projected_tpot_ms"], ".4f"),
+            _num(r["projected_speedup"], ".2f") + "×",
+        ]
+        for _, r in projection.table.iterrows()
+    ]
+    parts = [
+        f"# Projected time per token on {profile_name(p)}",
+        f"Projected, not measured: each run's pass trace from `{source}` priced with the component "
+        f"profile `{profile_path}` (model shape `{p.identity.get('model_shape')}`, "
+        f"{p.identity.get('head_architecture')} heads) by `earlyexit.harness.cost_model`. "
+        "`traced with` is the timing regime the run was recorded in (a graphed run's trace counts "
+        "its KV buckets). Measured numbers are in `summary.md`, never here.",
+        markdown_table(header, rows),
+    ]
+    notes = projection.notes()
+    if notes:
+        parts += ["## Not projected", "\n".join(f"- {n}" for n in notes)]
+    return "\n\n".join(parts) + "\n"
+
+
+def fig_projected_speedup(projection: Projection):
+    """Projected speedup per run (bars), 1× marked; the title says projected and on what."""
+    from analysis.plotting import mode_color, panel_grid
+
+    table = projection.table
+    fig, (ax,) = panel_grid(1, width=8.5, height=1.8 + 0.35 * len(table))
+    labels = [describe_run(r) for _, r in table.iterrows()]
+    ys = np.arange(len(table))
+    ax.barh(ys, table["projected_speedup"], color=[mode_color(m) for m in table["mode"]], gid="projected")
+    ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1)
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(
+        xlabel="projected speedup vs full (projected time per output token)",
+    )
+    ax.set_title(
+        f"Projected speedup (cost model, not measured)\non {profile_name(projection.profile)}", fontsize=9
+    )
+    return fig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m analysis.project", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", type=Path, required=True, help="cost profile JSON (earlyexit.profile/1)")
+    parser.add_argument("--results", type=Path, default=DEFAULT_STORE, help="JSON Lines results store")
+    parser.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
+    parser.add_argument("--all-repeats", action="store_true", help="keep every run of a repeated config")
+    return parser.parse_args(argv)
+
+
+def load_profile(path: Path) -> CostProfile:
+    """The profile at ``path``, or a ``ValueError`` saying in one line what is wrong with it."""
+    if not path.is_file():
+        raise ValueError(f"no cost profile at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
+    sidecar = path.with_name(path.name.removesuffix(".json") + ".result.json")
+    if isinstance(data, dict) and "identity" not in data and sidecar.is_file():
+        raise ValueError(f"{path} is a cache identity file; the profile itself is {sidecar}")
+    try:
+        return CostProfile.from_json(data)
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: not a readable cost profile ({err})") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Project, print and write; exit status 2, one line on stderr, for nothing to project."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        profile = load_profile(args.profile)
+        df = load_results(args.results)
+        if not args.all_repeats:
+            df = latest_per_config(df)
+        projection = project(df, profile)
+    except (EmptyResultsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in projection.notes():
+        print(f"note: {note}", file=sys.stderr)
+    from analysis.plotting import save
+
+    stem = f"projected-{args.profile.stem}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(projection, args.profile, str(args.results))
+    (args.out / f"{stem}.md").write_text(text, encoding="utf-8")
+    projection.table.to_csv(args.out / f"{stem}.csv", index=False)
+    figures = save(fig_projected_speedup(projection), args.out, stem)
+    print(text)
+    written = ", ".join(str(p) for p in [args.out / f"{stem}.md", args.out / f"{stem}.csv", *figures])
+    log.info("projected %d run(s); wrote %s", len(projection.table), written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

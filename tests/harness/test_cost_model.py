@@ -1,0 +1,109 @@
+"""Cost profile and cost model: hand-priced traces, interpolation, refusals, a measured profile."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from conftest import damped_model
+
+from earlyexit.exits.heads import HeadSet, HeadSpec
+from earlyexit.harness.cost_model import CATEGORIES, predict, price
+from earlyexit.harness.profile import CostProfile, measure_profile, model_shape
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.trace import TraceCounts
+
+
+def _profile(**identity) -> CostProfile:
+    # segment = fixed + layers * per_layer; per_layer grows with rows and KV length.
+    return CostProfile(
+        identity={
+            "format": "earlyexit.profile/1",
+            "model_shape": "S",
+            "head_architecture": "linear",
+            "head_rank": None,
+            "device_name": "test",
+            "dtype": "float32",
+            "graphs": False,
+            **identity,
+        },
+        rows=[1, 2, 4],
+        kv_lengths=[10, 20],
+        segment_fixed_ms=[[0.1, 0.1], [0.1, 0.1], [0.2, 0.2]],
+        layer_ms=[[1.0, 2.0], [1.5, 2.5], [2.5, 3.5]],
+        unembed_ms=[0.5, 0.6, 0.8],
+        head_ms=0.3,
+        decision_ms={"entropy": 0.45, "max-prob": 0.4, "margin": 0.42},
+        pass_fixed_ms=0.05,
+    )
+
+
+def test_profile_interpolates_inside_and_extends_linearly_outside():
+    p = _profile()
+    assert p.segment_ms(3, 1, 10) == pytest.approx(0.1 + 3 * 1.0)
+    assert p.segment_ms(3, 1, 15) == pytest.approx(0.1 + 3 * 1.5)  # halfway in KV
+    assert p.segment_ms(2, 3, 20) == pytest.approx(0.15 + 2 * 3.0)  # halfway between rows 2 and 4
+    assert p.segment_ms(1, 6, 10) == pytest.approx(0.3 + 3.5)  # past 4 rows: the last slope goes on
+    assert p.unembedding_ms(3) == pytest.approx(0.7)
+    assert p.decision_overhead_ms("entropy") == pytest.approx(0.15)
+    assert p.decision_overhead_ms(None) == 0.0
+    with pytest.raises(ValueError, match="has no decision time for metric 'nope'"):
+        p.decision_overhead_ms("nope")
+
+
+def test_a_trace_is_priced_part_by_part_by_hand():
+    trace = TraceCounts(
+        passes=3,
+        # a draft pass: 2 layers, 1 new row, exited; then a verification: 4 layers on 1 new + 2 pending
+        segments=Counter({(2, 1, 0, 10, True): 2, (4, 1, 2, 20, False): 1}),
+        checks=Counter({(1, True): 2, (1, False): 1}),
+        unembed=Counter({3: 1}),
+    )
+    p = _profile()
+    got = price(trace, p, "dssd", "entropy")
+    verify_seg = 0.15 + 4 * 3.0  # rows 3 at KV 20: halfway between rows 2 and 4 in both tables
+    assert got["layers_draft"] == pytest.approx(2 * (0.1 + 2 * 1.0))
+    assert got["layers_full"] == pytest.approx(verify_seg / 3)
+    assert got["layers_verify"] == pytest.approx(verify_seg * 2 / 3)
+    assert got["layers_fill"] == 0
+    assert got["head_matmuls"] == pytest.approx(3 * 0.3)
+    assert got["exit_decisions"] == pytest.approx(3 * 0.15)
+    assert got["unembedding"] == pytest.approx(0.7)
+    assert got["pass_fixed"] == pytest.approx(0.15)
+    # early-exit books the carried rows as KV fill; layerskip's checks are bare head calls.
+    assert price(trace, p, "early-exit", "entropy")["layers_fill"] == pytest.approx(got["layers_verify"])
+    assert price(trace, p, "layerskip", "entropy")["exit_decisions"] == 0
+    per_token = predict(trace, 4, p, "dssd", "entropy")
+    assert set(per_token) == {"tpot_ms", *CATEGORIES}
+    assert per_token["tpot_ms"] == pytest.approx(sum(got.values()) / 4)
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        price(trace, p, "fast", None)
+
+
+def test_a_profile_refuses_runs_of_another_shape_or_head_naming_both():
+    p = _profile()
+    p.check_prices("S", "linear")
+    with pytest.raises(ValueError, match=r"model_shape: profile 'S', runs 'T'"):
+        p.check_prices("T", "linear")
+    with pytest.raises(ValueError, match=r"head_architecture: profile 'linear', runs 'lowrank'"):
+        p.check_prices("S", "lowrank", 32)
+
+
+def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
+    adapter = get_adapter(damped_model(0))
+    heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
+    p = measure_profile(adapter, heads, [12, 20], max_rows=3, repeats=2, warmup=1, progress=False)
+    assert p.rows == [1, 2, 3] and p.kv_lengths == [12, 20]
+    assert len(p.layer_ms) == 3 and all(len(r) == 2 for r in p.layer_ms)
+    assert p.head_ms > 0 and set(p.decision_ms) == {"entropy", "max-prob", "margin"}
+    assert p.identity["model_shape"] == model_shape(adapter)
+    assert p.identity["head_architecture"] == "linear"
+    path = tmp_path / "profile.json"
+    p.save(path)
+    assert CostProfile.load(path) == p
+    assert "exit decision" in p.describe()
+    with pytest.raises(ValueError, match="cost profile"):
+        CostProfile.from_json({**json.loads(path.read_text()), "identity": {"format": "other"}})
+    with pytest.raises(ValueError, match="must exceed max_rows"):
+        measure_profile(adapter, heads, [2], max_rows=3, progress=False)

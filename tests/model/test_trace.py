@@ -1,0 +1,104 @@
+"""The pass trace counts exactly what each engine pass computed (checked pass by pass by hand)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import damped_model, prompts, quantile_thresholds
+
+from earlyexit.decoding import DecodeSettings, DSSDDecoding, EarlyExitDecoding, LayerSkipDecoding
+from earlyexit.exits.heads import HeadSet, HeadSpec
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.engine import ExitEngine
+from earlyexit.model.trace import TraceCounts
+
+
+class Recording(ExitEngine):
+    """An engine that keeps every decode pass's output, with the pending count before it."""
+
+    def forward(self, input_ids, exit_check=None):
+        pending_before = len(self.pending)
+        out = super().forward(input_ids, exit_check)
+        self.log.append((pending_before, input_ids.numel(), exit_check is not None, out))
+        return out
+
+
+def _setup(seed: int = 1):
+    adapter = get_adapter(damped_model(seed))
+    heads = HeadSet(adapter, HeadSpec("shared", (1, 3)))
+    policy = ThresholdPolicy(heads, "entropy", quantile_thresholds(adapter, heads, "entropy", 0.4))
+    return adapter, heads, policy
+
+
+def _check_pass(pending_before, new, checked, out, adapter, exit_layers):
+    t = out.trace
+    last = adapter.num_layers - 1
+    # Segments run contiguously from layer 0 to the exit (or the last layer).
+    assert t.segments[0].start == 0
+    assert all(a.end + 1 == b.start for a, b in zip(t.segments, t.segments[1:], strict=False))
+    assert t.segments[-1].end == out.exit_layer
+    assert all(s.new_rows == new for s in t.segments)
+    # Every pending token joins by the end of the pass that reaches its next layer.
+    assert sum(s.layers * s.rows for s in t.segments) == out.layer_rows
+    if out.exit_layer == last:
+        assert t.unembed_rows == t.segments[-1].rows == len(out.final_positions)
+        assert t.segments[-1].pending_rows == pending_before
+        assert not any(fired for _, fired in t.checks)
+    else:
+        assert t.unembed_rows == 0 and t.checks[-1] == (out.exit_layer, True)
+        assert not any(fired for _, fired in t.checks[:-1])
+    if checked:
+        assert [layer for layer, _ in t.checks] == [
+            k for k in exit_layers if k <= out.exit_layer and k < last
+        ]
+    else:
+        assert t.checks == []
+    for s in t.segments:  # attends over every key up to the newest row's position
+        assert s.kv_len == out.final_positions[-1] + 1 if out.final_positions else s.kv_len > 0
+
+
+def test_every_pass_of_every_mode_is_traced_as_computed():
+    adapter, heads, policy = _setup()
+    modes = [EarlyExitDecoding(policy), DSSDDecoding(policy, max_draft=3), LayerSkipDecoding(heads, 1, 3)]
+    for mode in modes:
+        for prompt in prompts(8, 5):
+            engine = Recording(adapter, exit_layers=mode.exit_layers)
+            engine.log = []
+            result = mode.generate(engine, prompt, DecodeSettings(max_new_tokens=10))
+            decode = engine.log[1:]  # the first pass is the prefill
+            for entry in decode:
+                _check_pass(*entry, adapter, mode.exit_layers)
+            stats = result.stats
+            assert stats.trace.passes == len(decode) == stats.forward_passes - 1
+            assert stats.trace.layer_rows == stats.layer_rows
+            exits = sum(1 for *_, out in decode if out.exit_layer < adapter.num_layers - 1)
+            assert stats.trace.heads_fired == exits
+            assert sum(stats.trace.unembed.values()) == len(decode) - exits
+
+
+def test_layerskip_verification_runs_only_the_layers_above_the_exit():
+    adapter, heads, _ = _setup(2)
+    mode = LayerSkipDecoding(heads, 1, 3)
+    engine = Recording(adapter, exit_layers=mode.exit_layers)
+    engine.log = []
+    mode.generate(engine, prompts(1, 3, max_len=6)[0], DecodeSettings(max_new_tokens=9))
+    verifying = [(pending, out) for pending, *_, out in engine.log[1:] if out.final_logits is not None]
+    assert any(pending == 3 for pending, _ in verifying)
+    for pending, out in verifying:
+        below, above = out.trace.segments
+        assert (below.start, below.end, below.rows) == (0, 1, 1)  # only the newest token below E
+        assert (above.start, above.end) == (2, adapter.num_layers - 1)
+        assert above.pending_rows == pending and above.rows == pending + 1  # drafts + the token fed
+
+
+def test_trace_counts_round_trip_through_json():
+    adapter, heads, policy = _setup()
+    engine = ExitEngine(adapter, exit_layers=policy.exit_layers)
+    stats = (
+        DSSDDecoding(policy, 4).generate(engine, prompts(1, 7)[0], DecodeSettings(max_new_tokens=12)).stats
+    )
+    data = json.loads(json.dumps(stats.trace.to_json()))
+    again = TraceCounts.from_json(data)
+    assert again == stats.trace
+    assert again.layer_rows == stats.layer_rows

@@ -3,14 +3,17 @@
     python scripts/benchmark_decoding.py                        # embedded model, its shipped heads
     python scripts/benchmark_decoding.py --random-weights pythia-160m --device cuda --dtype float16
 
-Prints and stores (JSON, under benchmarks/results/) tokens/s, time per output token and
-the ratio to `full` and to transformers' `generate`, per-component times (one layer, one
-head, one verification pass) and the bandwidth roofline, with machine, dtype and versions.
-Random-weight Pythia shapes have meaningless exits, so only full, layerskip (a fixed
-pattern whose cost is real) and the components are timed there. Every mode and component
-is timed eagerly and, on CUDA, again with segments and heads replayed as CUDA graphs
-(earlyexit/model/graphs.py); the two are stored side by side, never mixed. Kept free of Hydra,
-pandas and lm-eval so it runs on a bare GPU box.
+Uses the runner's timing protocol (earlyexit/harness/measure.py): every mode, `full` and
+transformers' `generate` interleaved prompt by prompt, speedups against `full` with a paired
+bootstrap 95% interval. Prints and stores (JSON, under benchmarks/results/) time per output
+token, speedups, each mode's time predicted by the cost model beside the measured one, and
+the bandwidth roofline, with machine, dtype and versions; stores the component cost profile
+(earlyexit/harness/profile.py) under benchmarks/profiles/, which `python -m analysis.project`
+uses to project stored runs onto this device. Random-weight Pythia shapes have meaningless
+exits, so only full and layerskip (a fixed pattern whose cost is real) are timed there, plus
+the profile. Every mode and the profile are measured eagerly and, on CUDA, again with
+segments and heads replayed as CUDA graphs (earlyexit/model/graphs.py), stored side by side,
+never mixed. Kept free of Hydra, pandas and lm-eval so it runs on a bare GPU box.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,13 +38,15 @@ from earlyexit.exits.calibrate import calibrate
 from earlyexit.exits.head_stats import collect_head_stats
 from earlyexit.exits.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.baselines import hf_generate, hf_layerskip
-from earlyexit.harness.measure import measure_decoding, prompt_set
-from earlyexit.harness.timing import copy_bandwidth, environment, synchronize, time_call
+from earlyexit.harness.baselines import HFGenerate, hf_layerskip
+from earlyexit.harness.cost_model import DECIDES, predict
+from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
+from earlyexit.harness.profile import measure_profile
+from earlyexit.harness.timing import copy_bandwidth, environment, synchronize
 from earlyexit.model.adapter import get_adapter
-from earlyexit.model.engine import ExitEngine
-from earlyexit.model.graphs import Capture, GraphCache, ReplayCapture, default_capture, kv_bucket
+from earlyexit.model.graphs import Capture, ReplayCapture, default_capture, kv_bucket
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
+from earlyexit.model.trace import TraceCounts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -67,77 +71,21 @@ def build(args):
     heads = HeadSet.load(head_file, adapter)
     _, calib, heldout = token_streams(tokenizer, args.data)
     stats = collect_head_stats(adapter, heads, calib, 128, 8192, metrics=(args.metric,), progress=False)
-    cal = calibrate(stats.scores[args.metric], stats.agree, args.metric, [args.target])
+    targets = sorted({args.target, args.dssd_target})
+    cal = calibrate(stats.scores[args.metric], stats.agree, args.metric, targets)
     prompts = prompt_set(heldout, args.prompts, args.prompt_len, args.seed)
-    return adapter, heads, prompts, cal.thresholds_for(args.target)
+    return adapter, heads, prompts, {t: cal.thresholds_for(t) for t in targets}
 
 
 def modes(heads, thresholds, args):
+    """full, layerskip, and with calibrated thresholds early-exit and dssd (each at its target)."""
     exit_layer = heads.layers[args.layerskip_head]
     out = {"full": FullDecoding(), "layerskip": LayerSkipDecoding(heads, exit_layer, args.draft_length)}
     if thresholds is not None:
-        policy = ThresholdPolicy(heads, args.metric, thresholds)
-        out["early-exit"] = EarlyExitDecoding(policy)
-        out["dssd"] = DSSDDecoding(policy, max_draft=args.max_draft)
+        out["early-exit"] = EarlyExitDecoding(ThresholdPolicy(heads, args.metric, thresholds[args.target]))
+        dssd = ThresholdPolicy(heads, args.metric, thresholds[args.dssd_target])
+        out["dssd"] = DSSDDecoding(dssd, max_draft=args.max_draft)
     return out
-
-
-def run_hf(adapter, prompts, settings, repeats):
-    model, device = adapter.model, adapter.device
-    hf_generate(model, prompts[0], settings.max_new_tokens)  # warm-up
-    times, outputs = [], []
-    for prompt in prompts:
-        t = time_call(lambda p=prompt: hf_generate(model, p, settings.max_new_tokens), device, 0, repeats)
-        times.append(t["median_s"])
-        outputs.append(hf_generate(model, prompt, settings.max_new_tokens).ids)
-    tokens = settings.max_new_tokens * len(prompts)
-    return outputs, {"tokens_per_s": tokens / sum(times), "tpot_ms": 1e3 * sum(times) / tokens}
-
-
-@torch.no_grad()
-def components(adapter, heads, args, graphs: Capture | None = None) -> dict:
-    """Per-component times (ms) at a mid-length context: what the cost model is made of.
-
-    With `graphs`, each component is one captured graph replayed (attending over the KV
-    bucket a graphed decode step uses); without, it runs eagerly as eager decoding does.
-    """
-    device = adapter.device
-    engine = ExitEngine(adapter, exit_layers=heads.layers, graphs=graphs)
-    ctx = args.prompt_len
-    engine.forward(torch.randint(0, 100, (ctx,)))
-    hidden = torch.randn(1, adapter.hidden_size, device=device, dtype=adapter.dtype)
-    L, E, K = adapter.num_layers, heads.layers[args.layerskip_head], args.draft_length
-    rows = hidden.expand(K + 1, -1).contiguous()
-
-    def kv_len(n: int) -> int:
-        return n if graphs is None else kv_bucket(n, engine.max_len)
-
-    # KV lengths as a decode step (one row) and a verification pass (K + 1 rows) attend over.
-    kv1, kv = kv_len(ctx + 1), kv_len(ctx + K + 1)
-    pos = torch.arange(ctx, ctx + K + 1, device=device)
-    parts = {  # name -> (function, inputs)
-        "one_layer": (lambda h, p: engine._segment(0, 0, h, p, kv1), (hidden, pos[:1])),
-        "all_layers": (lambda h, p: engine._segment(0, L - 1, h, p, kv1), (hidden, pos[:1])),
-        "head": (lambda h: heads._logits(E, h), (hidden[0],)),
-        "unembed": (lambda h: adapter.unembed(adapter.final_norm(h)), (hidden,)),
-        f"verify_{K + 1}_rows_layers_{E + 1}_to_{L - 1}": (
-            lambda h, p: engine._segment(E + 1, L - 1, h, p, kv),
-            (rows, pos),
-        ),
-    }
-    cache = GraphCache(graphs) if graphs else None
-
-    def call(name, fn, inputs):
-        return cache.run((name,), inputs, fn) if cache else fn(*inputs)
-
-    timed = {name: partial(call, name, fn, x) for name, (fn, x) in parts.items()}
-    # A whole decode step through the engine (graphed segments + unembedding when `graphs`).
-    timed["decode_step_full"] = lambda: (engine.truncate(ctx), engine.forward(torch.tensor([1])))
-    with engine._attention():
-        return {
-            name: 1e3 * time_call(fn, device, 3, args.component_repeats)["median_s"]
-            for name, fn in timed.items()
-        }
 
 
 def weight_bytes_per_token(adapter) -> int:
@@ -154,39 +102,62 @@ def graph_capture(choice: str, device: torch.device) -> Capture | None:
     return None
 
 
-def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture | None):
-    """Best round per mode: eager modes, HF `generate`, and with `capture` the graphed modes.
+def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture | None, metric: str):
+    """Every mode interleaved with `full` (and HF `generate`) under the runner's protocol.
 
-    Modes are measured round-robin and each keeps its fastest round: whichever mode runs
-    first in a fresh process otherwise pays for allocator and thread-pool warm-up (seen as a
-    4x slower `full` on CPU), and a burst of load on a shared machine hits one round, not one
-    mode. Graphed modes are stored as "<mode> (graphs)"; speedups are against eager `full`.
+    One `measure_interleaved` call per timing regime: eager modes with HF `generate`, then,
+    with `capture`, the graphed modes (stored as "<mode> (graphs)"; their speedups are
+    against graphed `full`, never mixed with eager). Each mode's speedup carries its paired
+    bootstrap 95% interval; `full` vs HF `generate` is reported the same way.
     """
     results, outputs = {}, {}
-
-    def keep(name, ids, stats):
-        if name not in results or stats["tpot_ms"] < results[name]["tpot_ms"]:
-            outputs[name], results[name] = ids, stats
-
-    for round_ in range(args.rounds):
-        for name, strategy in strategies.items():
-            keep(name, *measure_decoding(strategy, adapter, prompts, settings, args.repeats))
-            if capture is not None:
-                keep(
-                    f"{name} (graphs)",
-                    *measure_decoding(strategy, adapter, prompts, settings, args.repeats, graphs=capture),
-                )
-        keep("hf-generate", *run_hf(adapter, prompts, settings, args.repeats))
-        print(
-            f"round {round_ + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {r['tpot_ms']:.2f}" for n, r in results.items())
-            + " ms/token (best so far)"
+    regimes = [("", [*strategies.values(), HFGenerate(adapter.model)], None)]
+    if capture is not None:
+        regimes.append((" (graphs)", list(strategies.values()), capture))
+    for suffix, lineup, graphs in regimes:
+        measured = measure_interleaved(
+            lineup, adapter, prompts, settings, args.repeats, args.warmup, progress=True, graphs=graphs
         )
+        by_name = {m.name: m for m in measured}
+        full = by_name["full"]
+        for m in measured:
+            name = m.name + suffix
+            outputs[name], results[name] = m.ids, m.summary()
+            results[name].update(speedup_interval(full, m, seed=args.seed))
+        if "hf-generate" in by_name:
+            vs_hf = speedup_interval(by_name["hf-generate"], full, seed=args.seed)
+            results["full"]["vs_hf_generate"] = {k.replace("speedup", "ratio"): v for k, v in vs_hf.items()}
     for name, r in results.items():
-        r["speedup_vs_full"] = r["tokens_per_s"] / results["full"]["tokens_per_s"]
-        r["speedup_vs_hf_generate"] = r["tokens_per_s"] / results["hf-generate"]["tokens_per_s"]
-        print(f"{name:20s} {r['tokens_per_s']:9.1f} tok/s  {r['tpot_ms']:7.2f} ms/token")
+        ci = f"[{r['speedup_ci_low']:.3f}-{r['speedup_ci_high']:.3f}]"
+        print(f"{name:20s} {r['tpot_ms']:8.3f} ms/token  speedup {r['speedup']:.3f}x {ci}")
     return results, outputs
+
+
+def profiles(adapter, heads, prompts, args, capture: Capture | None) -> dict:
+    """The cost profile eagerly and, with `capture`, replayed as graphs; KV lengths span the run."""
+    first = len(prompts[0]) + 1
+    last = len(prompts[0]) + args.max_new_tokens
+    kv = sorted({first, (first + last) // 2, last})
+    device_name = environment(adapter.device, adapter.dtype)["device_name"]
+    rows, repeats = args.profile_rows, args.profile_repeats
+    out = {"eager": measure_profile(adapter, heads, kv, rows, None, device_name, repeats)}
+    if capture is not None:
+        kv_graphs = sorted({kv_bucket(k, adapter.max_positions) for k in kv})
+        out["graphs"] = measure_profile(adapter, heads, kv_graphs, rows, capture, device_name, repeats)
+    return out
+
+
+def predictions(results: dict, profile_by_regime: dict, metric: str) -> None:
+    """Each mode's time per token predicted from its trace, beside the measured mean."""
+    for name, r in results.items():
+        regime = "graphs" if name.endswith(" (graphs)") else "eager"
+        mode = name.removesuffix(" (graphs)")
+        if "trace" not in r or mode not in DECIDES or regime not in profile_by_regime:
+            continue
+        trace = TraceCounts.from_json(r["trace"])
+        pred = predict(trace, r["decode_tokens"], profile_by_regime[regime], mode, metric)
+        r["predicted_ms"] = pred
+        r["prediction_error"] = pred["tpot_ms"] / r["tpot_ms_mean"] - 1
 
 
 def main() -> None:
@@ -196,15 +167,17 @@ def main() -> None:
     p.add_argument("--heads", type=Path, help="head file (default: the embedded model's shipped heads)")
     p.add_argument("--data", default="stdlib", help="text for calibration and prompts")
     p.add_argument("--metric", default="entropy")
-    p.add_argument("--target", type=float, default=0.8, help="calibration target for early-exit and dssd")
+    p.add_argument("--target", type=float, default=0.8, help="calibration target for early-exit")
+    p.add_argument("--dssd-target", type=float, default=0.95, help="calibration target for dssd")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=2, help="round-robin passes over the modes; best kept")
-    p.add_argument("--component-repeats", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3, help="samples = prompts x repeats, modes interleaved")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--profile-repeats", type=int, default=30, help="timed calls per profile component")
+    p.add_argument("--profile-rows", type=int, default=8, help="rows 1..R timed in the profile")
     p.add_argument(
         "--layerskip-head", type=int, default=-1, help="index into the head layers for layerskip's E"
     )
@@ -215,10 +188,11 @@ def main() -> None:
         "--graphs",
         choices=("auto", "cuda", "off", "replay"),
         default="auto",
-        help="also time every mode and component as replayed graphs: auto = cuda on a CUDA "
+        help="also time every mode and the profile as replayed graphs: auto = cuda on a CUDA "
         "device, else off; replay = the CPU stand-in (no speed-up; checks the graph path runs)",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--profiles-out", type=Path, default=Path("benchmarks/profiles"))
     args = p.parse_args()
 
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
@@ -230,33 +204,42 @@ def main() -> None:
     adapter, heads, prompts, thresholds = build(args)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
     strategies = modes(heads, thresholds, args)
-    results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture)
+    results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture, args.metric)
     lossless = {
         n: outputs[n] == outputs["full"]
         for n in (
-            "layerskip",
-            "dssd",
-            "hf-generate",
-            *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
+            "layerskip", "dssd", "hf-generate", *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
         )
         if n in outputs
     }
+    profile_by_regime = profiles(adapter, heads, prompts, args, capture)
+    predictions(results, profile_by_regime, args.metric)
     layerskip_hf = hf_layerskip(adapter.model, prompts[0], 8, heads.layers[args.layerskip_head])
     synchronize(adapter.device)
     bandwidth = copy_bandwidth(adapter.device)
     wbytes = weight_bytes_per_token(adapter)
+    env = environment(adapter.device, adapter.dtype)
+    model_name = (args.random_weights or adapter.model_id).replace("/", "_")
+    args.profiles_out.mkdir(parents=True, exist_ok=True)
+    profile_files = {}
+    for regime, profile in profile_by_regime.items():
+        path = args.profiles_out / (
+            f"{env['device']}-{model_name}-{env['dtype']}-{heads.spec.architecture}-{regime}.json"
+        )
+        profile.save(path)
+        profile_files[regime] = str(path)
+        print(profile.describe())
     record = {
         "model": args.random_weights or adapter.model_id,
         "weights": "random" if args.random_weights else "trained",
-        "environment": environment(adapter.device, adapter.dtype),
+        "environment": env,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "head_layers": heads.layers,
         "thresholds": thresholds,
         "modes": results,
         "outputs_equal_full": lossless,
         "hf_layerskip": {"status": layerskip_hf.status, "reason": layerskip_hf.reason},
-        "components_ms": components(adapter, heads, args),
-        "components_ms_graphs": components(adapter, heads, args, capture) if capture else None,
+        "profiles": profile_files,
         "roofline": {
             "weight_bytes_per_token": wbytes,
             "copy_bandwidth_GBps": bandwidth / 1e9,
@@ -265,24 +248,22 @@ def main() -> None:
         "graphs": args.graphs if capture else f"off ({args.graphs}, device {adapter.device.type})",
         "unix_time": int(time.time()),
     }
-    print(
-        json.dumps(
-            {
-                k: record[k]
-                for k in (
-                    "outputs_equal_full",
-                    "hf_layerskip",
-                    "components_ms",
-                    "components_ms_graphs",
-                    "roofline",
-                )
-            },
-            indent=1,
-        )
-    )
+    brief = {
+        name: {
+            "tpot_ms": round(r["tpot_ms"], 4),
+            "speedup": f"{r['speedup']:.3f} [{r['speedup_ci_low']:.3f}-{r['speedup_ci_high']:.3f}]",
+            "predicted_ms": round(r["predicted_ms"]["tpot_ms"], 4) if "predicted_ms" in r else None,
+            "prediction_error": round(r["prediction_error"], 3) if "prediction_error" in r else None,
+        }
+        for name, r in results.items()
+    }
+    summary = {"modes": brief, "outputs_equal_full": lossless, "roofline": record["roofline"]}
+    print(json.dumps(summary, indent=1))
+    if "vs_hf_generate" in results["full"]:
+        h = results["full"]["vs_hf_generate"]
+        print(f"full vs HF generate: {h['ratio']:.3f}x [{h['ratio_ci_low']:.3f}-{h['ratio_ci_high']:.3f}]")
     args.out.mkdir(parents=True, exist_ok=True)
-    env = record["environment"]
-    name = f"{env['device']}-{record['model'].replace('/', '_')}-{env['dtype']}.json"
+    name = f"{env['device']}-{model_name}-{env['dtype']}.json"
     (args.out / name).write_text(json.dumps(record, indent=2) + "\n")
     print(f"stored {args.out / name}")
 

@@ -23,22 +23,33 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
         "--prompts", "2",
         "--prompt-len", "8",
         "--max-new-tokens", "4",
-        "--repeats", "1",
-        "--rounds", "1",
-        "--component-repeats", "2",
+        "--repeats", "2",
+        "--profile-repeats", "2",
+        "--profile-rows", "3",
         "--graphs", "replay",
         "--out", str(tmp_path),
+        "--profiles-out", str(tmp_path / "profiles"),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
     record = json.loads((tmp_path / "cpu-pythia-70m-float32.json").read_text())
     modes = record["modes"]
     assert set(modes) == {"full", "layerskip", "hf-generate", "full (graphs)", "layerskip (graphs)"}
-    assert modes["full"]["speedup_vs_full"] == 1.0
+    for name, mode in modes.items():  # every mode against `full` of its own regime, with an interval
+        assert mode["speedup_ci_low"] <= mode["speedup"] <= mode["speedup_ci_high"], name
+        assert mode["timing_samples"] == 4  # 2 prompts x 2 repeats
+    assert modes["full"]["speedup"] == 1.0 and modes["full"]["within_noise"]
+    assert "ratio_ci_low" in modes["full"]["vs_hf_generate"]
     assert modes["full (graphs)"]["graphs_captured"] > 0 and modes["full"]["graphs_captured"] == 0
+    for name in ("full", "layerskip", "full (graphs)", "layerskip (graphs)"):  # priced by the cost model
+        assert modes[name]["predicted_ms"]["tpot_ms"] > 0
+    assert "predicted_ms" not in modes["hf-generate"]  # not the engine: no trace to price
     assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 4
     assert record["graphs"] == "replay"
-    assert set(record["components_ms"]) == set(record["components_ms_graphs"])
-    assert all(v > 0 for v in record["components_ms_graphs"].values())
+    profiles = {regime: json.loads(Path(path).read_text()) for regime, path in record["profiles"].items()}
+    assert set(profiles) == {"eager", "graphs"}
+    assert [p["identity"]["graphs"] for p in profiles.values()] == [False, True]
+    assert profiles["eager"]["identity"]["head_architecture"] == "shared"
+    assert profiles["eager"]["rows"] == [1, 2, 3]
     assert record["environment"]["device"] == "cpu"
     assert record["hf_layerskip"]["status"] == "unsupported"
 

@@ -8,10 +8,16 @@ are what gets recorded.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
+from transformers.generation.streamers import BaseStreamer
+
+from earlyexit.decoding import DecodeResult, DecodeSettings, DecodeStats
+from earlyexit.model.device import synchronize
+from earlyexit.model.engine import ExitEngine
 
 
 @dataclass
@@ -39,6 +45,45 @@ def _generate(model: PreTrainedModel, prompt: torch.Tensor, max_new_tokens: int,
 def hf_generate(model: PreTrainedModel, prompt: torch.Tensor, max_new_tokens: int) -> BaselineResult:
     """transformers' own greedy decoding with its KV cache: the speed reference."""
     return BaselineResult("hf-generate", "ok", _generate(model, prompt, max_new_tokens))
+
+
+class _FirstToken(BaseStreamer):
+    """Notes when `generate` hands out its first new token (the prompt is put first)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.puts, self.first = device, 0, None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            synchronize(self.device)
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class HFGenerate:
+    """transformers' greedy `generate` behind the decoding-strategy interface, so the timing
+    protocol can interleave it with the engine's modes (time to first token via a streamer)."""
+
+    name = "hf-generate"
+    exit_layers: list[int] = []
+    heads = None
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
+        device = self.model.device
+        streamer = _FirstToken(device)
+        synchronize(device)
+        start = time.perf_counter()
+        ids = _generate(self.model, prompt, settings.max_new_tokens, streamer=streamer)
+        synchronize(device)
+        stats = DecodeStats(tokens=len(ids), total_s=time.perf_counter() - start)
+        stats.ttft_s = (streamer.first or start) - start
+        return DecodeResult(ids, stats)
 
 
 def hf_layerskip(

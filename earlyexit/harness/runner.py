@@ -100,9 +100,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
     check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
-    _positive(
-        cfg, "bench.prompts", "bench.prompt_len", "bench.max_new_tokens", "bench.repeats", "bench.profile_repeats"
-    )
+    bench_keys = ("prompts", "prompt_len", "max_new_tokens", "repeats", "profile_repeats")
+    _positive(cfg, *(f"bench.{k}" for k in bench_keys))
     if cfg.bench.get("cuda_graphs"):
         try:
             default_capture(cfg.device)

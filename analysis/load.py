@@ -88,6 +88,7 @@ KEY_COLUMNS: dict[str, str] = {
     "outputs_equal_full": "metric.outputs_equal_full",
     "device": "env.device",
     "device_name": "env.device_name",
+    "dtype": "env.dtype",
     "cuda_graphs": "config.bench.cuda_graphs",
     # Predicted ms per output token in each cost category, of the mode and of its full baseline.
     **{f"time_ms.{c}": f"metric.time_ms.{c}" for c in COST_CATEGORIES},

@@ -100,7 +100,7 @@ def _rank(row: pd.Series) -> int | None:
     return int(rank) if np.isfinite(rank) else None
 
 
-def project(df: pd.DataFrame, profile: CostProfile) -> Projection:
+def project(df: pd.DataFrame, profile: CostProfile, allow_dtype_change: bool = False) -> Projection:
     """Each run's trace and its full baseline's, priced with ``profile``: projected ms per
     output token (total and per category) and projected speedup.
 
@@ -127,6 +127,7 @@ def project(df: pd.DataFrame, profile: CostProfile) -> Projection:
             continue
         try:
             profile.check_prices(shape, str(r.get("heads")), _rank(r))
+            _check_dtype(profile, r.get("dtype"), allow_dtype_change)
         except ValueError as err:
             out.mismatched.setdefault(str(err), []).append(label)
             continue
@@ -161,6 +162,17 @@ def project(df: pd.DataFrame, profile: CostProfile) -> Projection:
     raise ProjectionRefused(
         f"none of the {len(df)} stored run(s) has a pass trace (all recorded before the cost model); "
         "re-run them to project them"
+    )
+
+
+def _check_dtype(profile: CostProfile, run_dtype: Any, allowed: bool) -> None:
+    """A profile of another dtype prices other kernels: refused unless asked for explicitly."""
+    mine = profile.identity.get("dtype")
+    if allowed or not isinstance(run_dtype, str) or run_dtype == mine:
+        return
+    raise ValueError(
+        f"dtype: profile {mine!r}, runs {run_dtype!r} (pass --allow-dtype-change to project runs "
+        "onto a device that decodes in another dtype, e.g. CPU float32 runs onto a GPU float16 profile)"
     )
 
 
@@ -246,6 +258,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=DEFAULT_STORE, help="JSON Lines results store")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
     parser.add_argument("--all-repeats", action="store_true", help="keep every run of a repeated config")
+    parser.add_argument(
+        "--allow-dtype-change",
+        action="store_true",
+        help="price runs measured in another dtype (the trace is the same work; the kernels differ)",
+    )
     return parser.parse_args(argv)
 
 
@@ -275,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         df = load_results(args.results)
         if not args.all_repeats:
             df = latest_per_config(df)
-        projection = project(df, profile)
+        projection = project(df, profile, args.allow_dtype_change)
     except (EmptyResultsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

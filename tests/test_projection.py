@@ -514,3 +514,16 @@ def test_cost_model_notebook_draws_both_figures(store, tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "early-exit · entropy t=0.7" in out and "median_abs_error" in out
     assert {"time_breakdown", "predicted_vs_measured"} <= set(FIGURES)
+
+
+def test_projection_across_dtypes_is_refused_unless_asked_for(df):
+    runs = df.assign(dtype="float32")  # the profile was measured in float16
+    with pytest.raises(
+        ProjectionRefused, match="dtype: profile 'float16', runs 'float32'.*--allow-dtype-change"
+    ):
+        project(runs, make_profile())
+    allowed = project(runs, make_profile(), allow_dtype_change=True).table
+    assert (
+        allowed["projected_tpot_ms"].tolist()
+        == project(df, make_profile()).table["projected_tpot_ms"].tolist()
+    )

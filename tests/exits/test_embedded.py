@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 
 from earlyexit.data.streams import token_streams
-from earlyexit.decoding import DecodeSettings, DSSDDecoding, FullDecoding, LayerSkipDecoding
+from earlyexit.decoding import (
+    DecodeSettings,
+    DSSDDecoding,
+    EarlyExitDecoding,
+    FullDecoding,
+    LayerSkipDecoding,
+)
 from earlyexit.exits.calibrate import calibrate
 from earlyexit.exits.head_stats import collect_head_stats, exit_shares
 from earlyexit.exits.heads import HeadSet
@@ -57,28 +64,77 @@ def test_calibrated_heads_let_many_tokens_exit(embedded):
     assert strict["final"] > loose["final"] and strict["agreement"] > loose["agreement"]
 
 
-def test_speculative_decoding_is_lossless_on_the_embedded_model(embedded):
-    adapter, tokenizer, heads, calib, heldout = embedded
-    stats = collect_head_stats(adapter, heads, calib, 128, 2048, progress=False)
+@pytest.fixture(scope="module")
+def held_prompts(embedded):
+    """50 held-out prompts of 4-31 tokens, and an EOS the model really emits: the token greedy
+    decoding emits most often on the first 10 of them (the tokenizer's own EOS never comes)."""
+    adapter, _, _, _, heldout = embedded
     gen = torch.Generator().manual_seed(0)
     starts = torch.randint(0, len(heldout) - 32, (50,), generator=gen).tolist()
     lengths = torch.randint(4, 32, (50,), generator=gen).tolist()
-    prompts = [heldout[s : s + n] for s, n in zip(starts, lengths, strict=True)]
-    settings = DecodeSettings(max_new_tokens=16, eos_token_id=tokenizer.eos_token_id)
+    prompt_list = [heldout[s : s + n] for s, n in zip(starts, lengths, strict=True)]
+    engine = ExitEngine(adapter)
+    free = [FullDecoding().generate(engine, p, DecodeSettings(NEW)).ids for p in prompt_list[:10]]
+    eos = Counter(t for ids in free for t in ids).most_common(1)[0][0]
+    return prompt_list, eos, free
+
+
+NEW = 16
+
+
+def stops_at(ids: list[int], eos: int) -> bool:
+    """EOS, if emitted, is the last token; without it the budget is used up."""
+    return (eos not in ids and len(ids) == NEW) or ids.index(eos) == len(ids) - 1
+
+
+def test_every_mode_stops_at_an_emitted_eos_and_lossless_modes_equal_full(embedded, held_prompts):
+    adapter, _, heads, calib, _ = embedded
+    prompt_list, eos, free = held_prompts
+    stats = collect_head_stats(adapter, heads, calib, 128, 2048, progress=False)
+    settings = DecodeSettings(max_new_tokens=NEW, eos_token_id=eos)
     policies = {
         m: ThresholdPolicy(heads, m, calibrate(stats.scores[m], stats.agree, m, [t]).thresholds_for(t))
         for m, t in (("entropy", 0.6), ("max-prob", 0.8))
     }
+    reference = [FullDecoding().generate(ExitEngine(adapter), p, settings).ids for p in prompt_list]
+    # EOS only stops decoding: the run without it, cut after its first EOS, is the same.
+    assert reference[:10] == [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in free]
+    assert sum(r[-1] == eos for r in reference) >= 10, "EOS should end many generations"
     modes = [
         LayerSkipDecoding(heads, heads.layers[0], 4),
         LayerSkipDecoding(heads, heads.layers[-1], 2),
         DSSDDecoding(policies["entropy"], max_draft=5),
         DSSDDecoding(policies["max-prob"], max_draft=3),
+        EarlyExitDecoding(policies["max-prob"]),
     ]
-    reference = [FullDecoding().generate(ExitEngine(adapter), p, settings).ids for p in prompts]
     for mode in modes:
         engine = ExitEngine(adapter, exit_layers=mode.exit_layers)
-        runs = [mode.generate(engine, p, settings) for p in prompts]
+        runs = [mode.generate(engine, p, settings) for p in prompt_list]
+        assert all(stops_at(r.ids, eos) for r in runs), mode.name
+        assert sum(r.ids[-1] == eos for r in runs) >= 10, mode.name
+        if mode.name == "early-exit":
+            assert sum(r.stats.exit_histogram[k] for r in runs for k in heads.layers) > 0
+            continue
         assert [r.ids for r in runs] == reference, mode.name
         drafted = sum(r.stats.drafted for r in runs)
-        assert 0 < sum(r.stats.accepted for r in runs) <= drafted
+        assert 0 < sum(r.stats.accepted for r in runs) < drafted
+
+
+def test_full_decoding_equals_transformers_generate(embedded, held_prompts):
+    adapter, _, _, _, _ = embedded
+    prompt_list, eos, _ = held_prompts
+    settings = DecodeSettings(max_new_tokens=NEW, eos_token_id=eos)
+    ended = 0
+    for prompt in prompt_list[:24]:
+        ours = FullDecoding().generate(ExitEngine(adapter), prompt, settings).ids
+        theirs = adapter.model.generate(
+            prompt[None],
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=NEW,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+        assert ours == theirs[0, len(prompt) :].tolist()
+        ended += len(ours) < NEW
+    assert ended > 0, "some generations should stop at EOS"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +17,7 @@ from transformers import GPTNeoXForCausalLM
 
 from earlyexit.harness.results import ResultStore
 from earlyexit.harness.runner import head_layers, validate
-from earlyexit.model.loading import PYTHIA_SIZES, pythia_config
+from earlyexit.model.loading import pythia_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -45,16 +46,22 @@ def test_every_config_in_every_group_composes_and_validates(group):
         validate(cfg)
 
 
-@pytest.mark.parametrize("name", sorted(f"pythia-{s}" for s in PYTHIA_SIZES))
-def test_pythia_configs_build_the_right_architecture(name):
-    cfg = config(f"model={name}")
-    assert cfg.model.name == name
-    arch = pythia_config(name)
+# Layer counts of the published Pythia models (Biderman et al., arXiv 2304.01373, Table 1).
+PUBLISHED_LAYERS = {"70m": 6, "160m": 12, "410m": 24, "1b": 16, "1.4b": 24, "2.8b": 32}
+
+
+@pytest.mark.parametrize("size", sorted(PUBLISHED_LAYERS))
+def test_pythia_configs_build_the_right_architecture(size):
+    cfg = config(f"model=pythia-{size}")
+    assert cfg.model.name == f"pythia-{size}"
+    arch = pythia_config(cfg.model.name)
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(arch)
-    assert len(model.gpt_neox.layers) == PYTHIA_SIZES[name.removeprefix("pythia-")].num_hidden_layers
-    layers = head_layers(cfg, arch.num_hidden_layers)
-    assert len(layers) == 4 and max(layers) < arch.num_hidden_layers - 1
+    layers = PUBLISHED_LAYERS[size]
+    assert len(model.gpt_neox.layers) == layers
+    # The default heads sit as in the DSSD paper: after round(x) layers, x in linspace(0, L, 6)[1:-1].
+    paper = [int(np.round(x)) - 1 for x in np.linspace(0, layers, 6)[1:-1]]
+    assert head_layers(cfg, arch.num_hidden_layers) == paper
 
 
 @pytest.mark.parametrize(

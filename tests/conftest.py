@@ -13,6 +13,10 @@ from transformers import (
 
 from earlyexit.exits.head_stats import collect_head_stats
 
+# The tests' models are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
+# spinning OpenMP threads made single tests up to 8x slower (test_flops: 30 s with 2, 4 s with 1).
+torch.set_num_threads(1)
+
 # Overrides that make a real `run.py` run on the embedded model take seconds, every stage included.
 TINY_RUN = [
     "task=none",

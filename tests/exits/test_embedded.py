@@ -64,6 +64,9 @@ def test_calibrated_heads_let_many_tokens_exit(embedded):
     assert strict["final"] > loose["final"] and strict["agreement"] > loose["agreement"]
 
 
+NEW = 16  # new tokens per generation
+
+
 @pytest.fixture(scope="module")
 def held_prompts(embedded):
     """50 held-out prompts of 4-31 tokens, and an EOS the model really emits: the token greedy
@@ -79,12 +82,11 @@ def held_prompts(embedded):
     return prompt_list, eos, free
 
 
-NEW = 16
-
-
 def stops_at(ids: list[int], eos: int) -> bool:
     """EOS, if emitted, is the last token; without it the budget is used up."""
-    return (eos not in ids and len(ids) == NEW) or ids.index(eos) == len(ids) - 1
+    if eos in ids:
+        return ids.index(eos) == len(ids) - 1
+    return len(ids) == NEW
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
+from matplotlib.collections import PathCollection
 from matplotlib.image import imread
 
 from analysis.figures import FIGURES, make_all
@@ -68,13 +69,15 @@ def accuracy_proxy(record: dict) -> float:
 
 
 def plotted_points(ax) -> set[tuple[float, float]]:
-    """Every marker drawn in a panel (lines with markers and scatter collections), rounded."""
+    """Every data marker drawn in a panel (lines with markers, scatter collections), rounded;
+    decorations that carry a gid (e.g. interval caps) are not data points."""
     points = set()
     for line in ax.lines:
-        if line.get_marker() not in (None, "None", ""):
+        if line.get_marker() not in (None, "None", "") and line.get_gid() is None:
             points |= {(round(float(x), 9), round(float(y), 9)) for x, y in line.get_xydata()}
     for collection in ax.collections:
-        points |= {(round(float(x), 9), round(float(y), 9)) for x, y in collection.get_offsets()}
+        if isinstance(collection, PathCollection) and collection.get_gid() is None:
+            points |= {(round(float(x), 9), round(float(y), 9)) for x, y in collection.get_offsets()}
     return points
 
 

@@ -13,6 +13,10 @@ from transformers import (
 
 from earlyexit.exits.head_stats import collect_head_stats
 
+# The tests' models are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
+# spinning OpenMP threads made single tests up to 8x slower (test_flops: 30 s with 2, 4 s with 1).
+torch.set_num_threads(1)
+
 # Overrides that make a real `run.py` run on the embedded model take seconds, every stage included.
 TINY_RUN = [
     "task=none",
@@ -32,6 +36,7 @@ def tiny_gpt_neox(
     seed: int = 0,
     parallel: bool = True,
     attn: str = "sdpa",
+    max_positions: int = 128,
 ):
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
@@ -40,7 +45,7 @@ def tiny_gpt_neox(
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=4 * hidden,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         rotary_pct=0.25,
         use_parallel_residual=parallel,
         tie_word_embeddings=False,
@@ -68,15 +73,26 @@ def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 97, seed: int = 0
 VOCAB = 97  # the tiny random models' vocabulary
 
 
-def damped_model(seed: int, layers: int = 6, damp: float = 0.15):
+def damped_model(seed: int, layers: int = 6, damp: float = 0.15, max_positions: int = 128):
     """A random fp32 model whose later layers change the residual stream little, so early
     heads often (not always) agree with the final layer: both accept and reject paths run."""
-    model = tiny_gpt_neox(layers=layers, seed=seed).float()
+    model = tiny_gpt_neox(layers=layers, seed=seed, max_positions=max_positions).float()
     with torch.no_grad():
         for i, layer in enumerate(model.gpt_neox.layers):
             if i >= 2:
                 layer.attention.dense.weight.mul_(damp)
                 layer.mlp.dense_4h_to_h.weight.mul_(damp)
+    return model
+
+
+def damped_llama(seed: int, layers: int = 6, damp: float = 0.15):
+    """`damped_model` for the Llama family (float64): heads often, not always, agree with the final layer."""
+    model = tiny_llama(layers=layers, seed=seed)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            if i >= 2:
+                layer.self_attn.o_proj.weight.mul_(damp)
+                layer.mlp.down_proj.weight.mul_(damp)
     return model
 
 

@@ -3,6 +3,7 @@ the CLI drawn from a small results set made by real runs of the embedded model."
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
+from matplotlib.collections import PathCollection
 from matplotlib.image import imread
 
 from analysis.figures import FIGURES, make_all
@@ -28,7 +30,6 @@ from analysis.load import (
     load_wandb,
     per_head_table,
 )
-from analysis.measures import acceptance_ratio
 from analysis.pareto import accuracy_axis, front, mark_fronts, pareto_mask
 from analysis.project import project
 from analysis.published import load_published, model_match
@@ -50,6 +51,64 @@ RUNS = [
     ["mode=layerskip", "mode.exit_layer=2"],
     ["mode=layerskip", "mode.exit_layer=4"],
 ]
+
+
+# ---------------------------------------------------------------- references read straight from the store
+
+
+def raw_records(store: Path) -> list[dict]:
+    """The stored records as written, one JSON object per line: no analysis code involved."""
+    return [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+
+
+def independent_acceptance_ratio(records: list[dict]) -> float:
+    """Best DSSD acceptance over best LayerSkip acceptance, from the records themselves."""
+    best = {
+        mode: max(r["metric.acceptance_rate"] for r in records if r["config.mode.name"] == mode)
+        for mode in ("dssd", "layerskip")
+    }
+    return best["dssd"] / best["layerskip"]
+
+
+def accuracy_proxy(record: dict) -> float:
+    """Agreement delta vs full: 0 for a lossless run that reproduced full, else held-out agreement - 1."""
+    if record["config.mode.name"] in LOSSLESS_MODES and record["metric.outputs_equal_full"]:
+        return 0.0
+    return record["metric.heldout_agreement_at_target"] - 1.0
+
+
+def plotted_points(ax) -> set[tuple[float, float]]:
+    """Every data marker drawn in a panel (lines with markers, scatter collections), rounded;
+    decorations that carry a gid (e.g. interval caps) are not data points."""
+    points = set()
+    for line in ax.lines:
+        if line.get_marker() not in (None, "None", "") and line.get_gid() is None:
+            points |= {(round(float(x), 9), round(float(y), 9)) for x, y in line.get_xydata()}
+    for collection in ax.collections:
+        if isinstance(collection, PathCollection) and collection.get_gid() is None:
+            points |= {(round(float(x), 9), round(float(y), 9)) for x, y in collection.get_offsets()}
+    return points
+
+
+def check_measured_table(text: str, records: list[dict]) -> None:
+    """summary.md's measured table holds each record's speedup, FLOPs saved and acceptance."""
+    measured = text.split("## Measured")[1].split("\n## ")[0]
+    lines = [line for line in measured.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    rows = [dict(zip(header, row, strict=True)) for row in cells]
+    speedup = next(h for h in header if h.startswith("speedup"))  # may carry an interval after it
+    got = sorted((r["mode"], r[speedup].split(" ")[0], r["FLOPs saved"], r["acceptance"]) for r in rows)
+    want = sorted(
+        (
+            r["config.mode.name"],
+            f"{r['metric.speedup']:.2f}×",
+            f"{r['metric.flops_saved']:+.1%}",
+            f"{r['metric.acceptance_rate']:.3f}" if np.isfinite(r["metric.acceptance_rate"]) else "—",
+        )
+        for r in records
+    )
+    assert got == want
 
 
 # ---------------------------------------------------------------- Pareto fronts on known points
@@ -353,7 +412,37 @@ def test_every_figure_is_drawn_from_real_runs(drawn):
         _check_figure_files(paths)
 
 
-def test_summary_has_the_measured_table_and_the_published_comparison(runs, drawn):
+def test_figures_plot_the_recorded_numbers(store, runs):
+    records = raw_records(store)
+    for name, x_key in (("speed_accuracy_speedup", "speedup"), ("speed_accuracy_flops", "flops_saved")):
+        (ax,) = FIGURES[name](runs).axes
+        want = {(round(r[f"metric.{x_key}"], 9), round(accuracy_proxy(r), 9)) for r in records}
+        assert plotted_points(ax) == want, name
+        assert ax.get_ylabel() == "agreement Δ vs full (held-out proxy)"
+        assert ax.get_xlabel().startswith({"speedup": "speedup vs full", "flops_saved": "FLOPs saved"}[x_key])
+        assert ax.get_title() == "embedded (cpu)"
+    # Acceptance: one bar per DSSD/LayerSkip run, as long as its acceptance rate; the ratio in the title.
+    (ax,) = FIGURES["acceptance"](runs).axes
+    bars = sorted(round(p.get_width(), 9) for p in ax.patches)
+    speculative = [r for r in records if r["config.mode.name"] in ("dssd", "layerskip")]
+    assert bars == sorted(round(r["metric.acceptance_rate"], 9) for r in speculative)
+    assert f"best DSSD / best LayerSkip = {independent_acceptance_ratio(records):.2f}×" in ax.get_title()
+    # Exit histograms: the bars are each run's decoded exits per layer over its decode passes.
+    heights = sorted(
+        round(p.get_height(), 9)
+        for ax in FIGURES["exit_histograms"](runs).axes
+        for p in ax.patches
+        if p.get_height() > 0
+    )
+    shares = []
+    for r in records:
+        if r["config.mode.name"] != "full":
+            hist = json.loads(r["metric.exit_histogram"])
+            shares += [round(n / sum(hist.values()), 9) for n in hist.values() if n > 0]
+    assert heights == sorted(shares)
+
+
+def test_summary_has_the_measured_table_and_the_published_comparison(store, runs, drawn):
     out, written, skipped = drawn
     text = write_summary(runs, out, "records.jsonl", written, skipped).read_text()
     measured = text.split("## Measured")[1].split("## Cost model: predicted vs measured")[0]
@@ -367,11 +456,13 @@ def test_summary_has_the_measured_table_and_the_published_comparison(runs, drawn
     per_mode = [line.split(" | ")[2] for line in cost.splitlines() if line.startswith("| embedded | eager |")]
     assert per_mode[:4] == ["full", "early-exit", "dssd", "layerskip"]  # then one row per run
     assert len(per_mode) == 4 + len(RUNS)
+    records = raw_records(store)
+    check_measured_table(text, records)
     published = text.split("## Published vs measured")[1]
     assert "No published number below matches our runs in both model and task" in published
-    ratio = acceptance_ratio(runs)
+    ratio = independent_acceptance_ratio(records)
     assert f"| 1.66 | embedded | {ratio:.2f} | best DSSD / best LayerSkip acceptance |" in published
-    best_layerskip = runs.loc[runs["mode"] == "layerskip", "speedup"].max()
+    best_layerskip = max(r["metric.speedup"] for r in records if r["config.mode.name"] == "layerskip")
     assert f"| 2.16 | embedded | {best_layerskip:.2f} | best layerskip" in published
     assert "(arXiv 2309.08168" in published and "llama3.2-1B" in published
     assert "[png](acceptance.png)" in text
@@ -405,7 +496,8 @@ def test_notebooks_run_with_plain_python_and_draw_their_figures(store, tmp_path,
         assert notebook.read_text().startswith("# %% [markdown]")
         runpy.run_path(str(notebook), run_name="__main__")
     assert {p.name for p in tmp_path.glob("*.png")} == {f"{name}.png" for name in FIGURES}
-    assert "best DSSD / best LayerSkip" in capsys.readouterr().out
+    ratio = independent_acceptance_ratio(raw_records(store))
+    assert f"best DSSD / best LayerSkip = {ratio:.2f}x" in capsys.readouterr().out
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -420,7 +512,9 @@ def test_cli_regenerates_every_figure_and_the_summary(store, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in FIGURES:
         _check_figure_files([out / f"{name}.png", out / f"{name}.pdf"])
-    assert "## Published vs measured" in (out / "summary.md").read_text()
+    text = (out / "summary.md").read_text()
+    assert "## Published vs measured" in text
+    check_measured_table(text, raw_records(store))
 
 
 def test_cli_names_a_missing_or_empty_store(tmp_path):

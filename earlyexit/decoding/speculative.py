@@ -8,6 +8,12 @@ draft. A pass reaches full depth either because no head fired (DSSD: that token 
 from the full model) or because the draft budget is spent (the last draft is then fed
 without exits). Greedy prefix match; the first mismatch is replaced by the full model's
 token; a bonus token comes when all drafts match; rejected positions are rolled back.
+
+Precision: every emitted token is the argmax of final logits, so in float32 and float64 the
+output equals `full`'s. In float16/bfloat16 the verification pass (several rows) and `full`'s
+decode step (one row) round differently, by a few units in the last place, so the two agree up
+to the first near-tie (a position where `full`'s top two logits are that close) and may part
+there; that is what "lossless" means in half precision (README, "Decoding modes").
 """
 
 from __future__ import annotations

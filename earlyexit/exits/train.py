@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -86,21 +88,71 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+CHECKPOINT_FORMAT = "earlyexit-train-checkpoint/1"
+
+
 def _save_checkpoint(path: Path, heads: HeadSet, opt, step: int, cfg: TrainConfig) -> None:
+    """One safetensors file: head weights and optimiser moments as tensors, the rest as JSON
+    in its header. Never a pickle: the cache directory may be a shared filesystem, and
+    unpickling a file planted there would run its code."""
+    opt_state = opt.state_dict()
+    tensors = {f"heads/{k}": v.detach().contiguous().cpu() for k, v in heads.heads.state_dict().items()}
+    for index, slots in opt_state["state"].items():
+        tensors.update({f"opt/{index}/{name}": v.detach().contiguous().cpu() for name, v in slots.items()})
+    state = {
+        "step": step,
+        "config": asdict(cfg),
+        "fingerprint": cfg.fingerprint(),
+        "layers": heads.layers,
+        "architecture": heads.spec.architecture,
+        "param_groups": opt_state["param_groups"],
+    }
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "step": step,
-            "heads": heads.heads.state_dict(),
-            "opt": opt.state_dict(),
-            "config": asdict(cfg),
-            "fingerprint": cfg.fingerprint(),
-            "layers": heads.layers,
-            "architecture": heads.spec.architecture,
-        },
-        tmp,
-    )
+    save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
     tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(JSON state, tensors) of a training checkpoint; reading it runs no code.
+
+    Anything that is not a checkpoint written by `train_heads` (a pickle, a truncated file,
+    another format) is refused with a ValueError naming the file.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}")
+        state = json.loads(meta["state"])
+    except (SafetensorError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"{path} is not an earlyexit training checkpoint ({err}); refusing to load it: delete it "
+            "to start training afresh"
+        ) from None
+    return state, tensors
+
+
+def _resume(ckpt: Path, heads: HeadSet, opt, cfg: TrainConfig) -> int:
+    """Load a checkpoint's head and optimiser state; returns its step. Other settings are refused."""
+    state, tensors = read_checkpoint(ckpt)
+    if (
+        state["fingerprint"] != cfg.fingerprint()
+        or state["layers"] != heads.layers
+        or (state["architecture"] != heads.spec.architecture)
+    ):
+        raise ValueError(
+            f"checkpoint {ckpt} was made with other settings ({state['config']}, heads "
+            f"{state['architecture']} at {state['layers']}); delete it or use another path"
+        )
+    heads.heads.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("heads/")})
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, index, name = key.split("/", 2)
+            slots.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+    return state["step"]
 
 
 def train_heads(
@@ -113,8 +165,9 @@ def train_heads(
 ) -> list[float]:
     """Train `heads` in place on windows of `stream`; returns the loss per step.
 
-    With `checkpoint`, state is saved every `checkpoint_every` steps and at the end, and
-    an existing checkpoint resumes the run exactly (same data, same optimiser state).
+    With `checkpoint`, state is saved every `checkpoint_every` steps and at the end (as
+    safetensors, never a pickle), and an existing checkpoint resumes the run exactly (same
+    data, same optimiser state).
     A checkpoint made with other settings or heads is refused, never silently mixed.
     """
     cfg.validate()
@@ -128,19 +181,7 @@ def train_heads(
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if (
-            state["fingerprint"] != cfg.fingerprint()
-            or state["layers"] != heads.layers
-            or (state["architecture"] != heads.spec.architecture)
-        ):
-            raise ValueError(
-                f"checkpoint {ckpt} was made with other settings ({state['config']}, heads "
-                f"{state['architecture']} at {state['layers']}); delete it or use another path"
-            )
-        heads.heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
+        start = _resume(ckpt, heads, opt, cfg)
     losses: list[float] = []
     bar = tqdm(
         range(start, cfg.steps), desc="train heads", disable=not progress, initial=start, total=cfg.steps

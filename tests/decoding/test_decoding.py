@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import damped_model, prompts, quantile_thresholds
@@ -115,7 +117,25 @@ def test_statistics_are_consistent():
     assert stats.exit_histogram[1] + stats.exit_histogram[3] == stats.drafted
     assert 0 <= stats.accepted <= stats.drafted
     assert stats.acceptance_rate == stats.accepted / stats.drafted
-    assert stats.ttft_s > 0 and stats.total_s >= stats.ttft_s
+
+
+def test_time_to_first_token_covers_the_prefill_and_nothing_after():
+    """An engine whose prefill takes 50 ms and each later pass 60 ms: the timers must say so."""
+    adapter = get_adapter(damped_model(7))
+    engine = ExitEngine(adapter)
+    inner = engine.forward
+
+    def slow_forward(ids, exit_check=None):
+        out = inner(ids, exit_check)
+        time.sleep(0.05 if engine.length == len(ids) else 0.06)
+        return out
+
+    engine.forward = slow_forward
+    stats = FullDecoding().generate(engine, prompts(1, 7)[0], DecodeSettings(max_new_tokens=6)).stats
+    assert stats.forward_passes == 6
+    assert 0.05 <= stats.ttft_s < 0.05 + 0.06, stats.ttft_s
+    assert stats.total_s - stats.ttft_s >= 5 * 0.06
+    assert stats.tpot_s >= 0.06
 
 
 def test_early_exit_decoding_uses_heads_and_runs_shallower():

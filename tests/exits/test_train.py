@@ -8,7 +8,7 @@ from conftest import tiny_gpt_neox
 
 from earlyexit.exits import train as train_module
 from earlyexit.exits.heads import HeadSet, HeadSpec
-from earlyexit.exits.train import TrainConfig, head_agreement, train_heads
+from earlyexit.exits.train import TrainConfig, head_agreement, read_checkpoint, train_heads
 from earlyexit.model.adapter import get_adapter
 
 CFG = TrainConfig(steps=6, batch_size=2, seq_len=16, lr=3e-3, warmup=2, checkpoint_every=3)
@@ -63,7 +63,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_heads(adapter, killed, stream, CFG, checkpoint=ckpt, progress=False)
     monkeypatch.undo()
-    assert torch.load(ckpt, weights_only=False)["step"] == 3
+    assert read_checkpoint(ckpt)[0]["step"] == 3
     _, resumed, _ = _setup()
     train_heads(adapter, resumed, stream, CFG, checkpoint=ckpt, progress=False)
     assert torch.equal(_weights(resumed), _weights(straight))
@@ -76,6 +76,45 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
     _, again, _ = _setup()
     with pytest.raises(ValueError, match="other settings"):
         train_heads(adapter, again, stream, TrainConfig(**{**CFG.__dict__, "lr": 1e-3}), checkpoint=ckpt)
+
+
+class Planted:
+    """Unpickling this runs code: it creates the file `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_planted_pickle_checkpoint_is_refused_without_running_it(tmp_path):
+    adapter, heads, stream = _setup()
+    ckpt = tmp_path / "heads.ckpt"
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 3, "payload": Planted(marker)}, ckpt)
+    before = _weights(heads).clone()
+    with pytest.raises(ValueError, match=r"heads\.ckpt is not an earlyexit training checkpoint"):
+        train_heads(adapter, heads, stream, CFG, checkpoint=ckpt, progress=False)
+    assert not marker.exists(), "loading the checkpoint ran the code planted in it"
+    assert torch.equal(_weights(heads), before)
+    # The file really is an exploit: the old loader (pickle) would have run it.
+    torch.load(ckpt, weights_only=False)
+    assert marker.exists()
+
+
+def test_checkpoints_are_safetensors_and_a_truncated_one_is_refused(tmp_path):
+    adapter, heads, stream = _setup()
+    ckpt = tmp_path / "heads.ckpt"
+    train_heads(adapter, heads, stream, CFG, checkpoint=ckpt, progress=False)
+    state, tensors = read_checkpoint(ckpt)
+    assert state["step"] == CFG.steps and state["layers"] == [1, 3]
+    weights = heads.heads.state_dict()
+    assert all(torch.equal(tensors[f"heads/{k}"], v) for k, v in weights.items())
+    assert sum(k.startswith("opt/") for k in tensors) == 3 * len(weights)  # step, exp_avg, exp_avg_sq
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not an earlyexit training checkpoint"):
+        read_checkpoint(ckpt)
 
 
 def test_too_short_corpus_is_rejected_before_training():

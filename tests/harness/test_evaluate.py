@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -31,7 +32,7 @@ from earlyexit.harness.tasks import (
 )
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
-from earlyexit.model.loading import load_model
+from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
 
 INF = float("inf")
 
@@ -292,14 +293,51 @@ def test_stdlib_lambada_examples_are_deterministic():
         assert not row["context"].endswith("\n")  # part of the target's line is given
 
 
-def test_stdlib_lambada_end_to_end(embedded, cache_dir):
+@torch.no_grad()
+def hand_scores(adapter, tok, context: str, continuation: str, heads=None, layers=()) -> dict:
+    """{layer: (log-likelihood, greedy)} of `continuation` given `context` from one plain forward:
+    key None for the final logits, key k for the head at layer k at every position (a policy that
+    always exits there). As lm-eval does: trailing spaces of the context move to the continuation,
+    and the continuation's tokens are those of the whole text after as many tokens as the context
+    alone has."""
+    context_enc = tok.encode(context.rstrip())
+    whole = tok.encode(context + continuation)
+    n_cont = len(whole) - len(context_enc)
+    tokens = context_enc + whole[len(context_enc) :]
+    target = torch.tensor(tokens[-n_cont:])
+    out = adapter.model(torch.tensor([tokens[:-1]]), output_hidden_states=bool(layers))
+    scores = {}
+    for layer in (None, *layers):
+        logits = out.logits[0] if layer is None else heads(layer, out.hidden_states[layer + 1][0])
+        lp = F.log_softmax(logits[-n_cont:].float(), -1)
+        scores[layer] = float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
+    return scores
+
+
+def hand_pair(adapter, tok, context: str, continuation: str) -> tuple[float, bool]:
+    return hand_scores(adapter, tok, context, continuation)[None]
+
+
+def test_stdlib_lambada_accuracy_by_hand_and_falling_with_earlier_exits(embedded, cache_dir):
+    """In the model's own domain, where accuracy means something: lm-eval's numbers equal a hand
+    computation, and exiting every token at an early head costs accuracy and perplexity."""
     adapter, tok = embedded
-    heads = HeadSet(adapter, HeadSpec("shared", (3,)))
-    lm = EarlyExitLM(adapter, tok, ThresholdPolicy(heads, "entropy", {3: -2.0}), disable_tqdm=True)
-    results = evaluate(lm, [STDLIB_TASK], limit=20, offline=True, cache_dir=cache_dir)
-    metrics = results[STDLIB_TASK]
-    assert 0.0 <= metrics["acc"] <= 1.0 and math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
-    assert set(lm.exit_histogram) == {3, adapter.num_layers - 1} and lm.positions >= 20
+    heads = HeadSet.load(sorted((EMBEDDED_MODEL_DIR / "heads").glob("*.safetensors"))[0], adapter)
+    rows = stdlib_lambada_examples()[:30]
+    by_hand = [hand_scores(adapter, tok, r["context"], r["target"], heads, (5, 1)) for r in rows]
+    scores = {}
+    for name, layer in (("full", None), ("head 5", 5), ("head 1", 1)):
+        policy = None if layer is None else ThresholdPolicy(heads, "entropy", {layer: -INF})
+        lm = EarlyExitLM(adapter, tok, policy, disable_tqdm=True)
+        metrics = evaluate(lm, [STDLIB_TASK], limit=len(rows), offline=True, cache_dir=cache_dir)[STDLIB_TASK]
+        hand = [row[layer] for row in by_hand]
+        assert metrics["acc"] == pytest.approx(sum(g for _, g in hand) / len(rows)), name
+        assert metrics["perplexity"] == pytest.approx(math.exp(-sum(ll for ll, _ in hand) / len(rows))), name
+        assert set(lm.exit_histogram) == {adapter.num_layers - 1 if layer is None else layer}
+        scores[name] = metrics
+    assert scores["full"]["acc"] > max(scores["head 5"]["acc"], scores["head 1"]["acc"]), scores
+    ppl = [scores[name]["perplexity"] for name in ("full", "head 5", "head 1")]
+    assert ppl == sorted(ppl) and ppl[0] < ppl[1] < ppl[2], scores
 
 
 @pytest.mark.skipif(
@@ -314,3 +352,26 @@ def test_local_tasks_run(embedded, cache_dir):
     for task, metrics in results.items():
         assert "acc" in metrics, task
         assert all(math.isfinite(v) for v in metrics.values()), (task, metrics)
+    adapter, tok = embedded
+    data = shared_data_dir() / "eval"
+
+    def first(name: str) -> list[dict]:
+        return [json.loads(line) for line in (data / name).read_text().splitlines()[:5]]
+
+    # piqa by hand: two choices after "Question: ...\nAnswer:"; acc by summed log-likelihood,
+    # acc_norm by log-likelihood per character of the choice.
+    acc = acc_norm = 0
+    for doc in first(LOCAL_TASKS["piqa_local"].data_file):
+        choices = [doc["sol1"], doc["sol2"]]
+        context = f"Question: {doc['goal']}\nAnswer:"
+        lls = [hand_pair(adapter, tok, context, " " + c)[0] for c in choices]
+        acc += max(range(2), key=lambda i: lls[i]) == doc["label"]
+        acc_norm += max(range(2), key=lambda i: lls[i] / len(choices[i])) == doc["label"]
+    assert results["piqa_local"]["acc"] == pytest.approx(acc / 5)
+    assert results["piqa_local"]["acc_norm"] == pytest.approx(acc_norm / 5)
+    # lambada by hand: the last word after the rest of the passage; greedy match and perplexity.
+    words = [doc["text"].split(" ") for doc in first(LOCAL_TASKS["lambada_openai_local"].data_file)]
+    hand = [hand_pair(adapter, tok, " ".join(w[:-1]), " " + w[-1]) for w in words]
+    assert results["lambada_openai_local"]["acc"] == pytest.approx(sum(g for _, g in hand) / 5)
+    want_ppl = math.exp(-sum(ll for ll, _ in hand) / 5)
+    assert results["lambada_openai_local"]["perplexity"] == pytest.approx(want_ppl, rel=1e-4)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +19,7 @@ from transformers import GPTNeoXForCausalLM
 
 from earlyexit.harness.results import ResultStore
 from earlyexit.harness.runner import head_layers, validate
-from earlyexit.model.loading import PYTHIA_SIZES, pythia_config
+from earlyexit.model.loading import EMBEDDED_MODEL_DIR, pythia_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -45,16 +48,22 @@ def test_every_config_in_every_group_composes_and_validates(group):
         validate(cfg)
 
 
-@pytest.mark.parametrize("name", sorted(f"pythia-{s}" for s in PYTHIA_SIZES))
-def test_pythia_configs_build_the_right_architecture(name):
-    cfg = config(f"model={name}")
-    assert cfg.model.name == name
-    arch = pythia_config(name)
+# Layer counts of the published Pythia models (Biderman et al., arXiv 2304.01373, Table 1).
+PUBLISHED_LAYERS = {"70m": 6, "160m": 12, "410m": 24, "1b": 16, "1.4b": 24, "2.8b": 32}
+
+
+@pytest.mark.parametrize("size", sorted(PUBLISHED_LAYERS))
+def test_pythia_configs_build_the_right_architecture(size):
+    cfg = config(f"model=pythia-{size}")
+    assert cfg.model.name == f"pythia-{size}"
+    arch = pythia_config(cfg.model.name)
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(arch)
-    assert len(model.gpt_neox.layers) == PYTHIA_SIZES[name.removeprefix("pythia-")].num_hidden_layers
-    layers = head_layers(cfg, arch.num_hidden_layers)
-    assert len(layers) == 4 and max(layers) < arch.num_hidden_layers - 1
+    layers = PUBLISHED_LAYERS[size]
+    assert len(model.gpt_neox.layers) == layers
+    # The default heads sit as in the DSSD paper: after round(x) layers, x in linspace(0, L, 6)[1:-1].
+    paper = [int(np.round(x)) - 1 for x in np.linspace(0, layers, 6)[1:-1]]
+    assert head_layers(cfg, arch.num_hidden_layers) == paper
 
 
 @pytest.mark.parametrize(
@@ -127,6 +136,50 @@ def run_app(tmp_path: Path, *args: str, check: bool = True) -> subprocess.Comple
     return proc
 
 
+def check_summary(run_dir: Path, stdout: str) -> None:
+    """summary.json of a default run (dssd, target 0.9) against what is known without the code:
+    the embedded model's config, the paper's head placement, the benchmark settings (FAST), a
+    hand count of the full model's FLOPs; and the printed tables against it."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    arch = json.loads((EMBEDDED_MODEL_DIR / "config.json").read_text())
+    layers, d, vocab = arch["num_hidden_layers"], arch["hidden_size"], arch["vocab_size"]
+    assert summary["num_layers"] == layers and summary["mode"] == "dssd" and summary["target"] == 0.9
+    assert summary["head_layers"] == [int(np.round(x)) - 1 for x in np.linspace(0, layers, 6)[1:-1]]
+    assert summary["head_cost"]["macs"] == d * vocab  # a full-vocabulary linear head
+    assert summary["full_head_cost_in_layers"] == pytest.approx(vocab * d / (12 * d * d))
+    m = summary["metrics"]
+    prompts, new, prompt_len = 2, 6, 32  # FAST and the default bench.prompt_len
+    assert m["tokens"] == m["full_tokens"] == prompts * new
+    assert m["outputs_equal_full"] and 0 < m["acceptance_rate"] <= 1
+    assert m["full_layers_per_token"] == layers
+    # Full decode step j (j = 1..new-1) attends over prompt_len + j keys: mean prompt_len + new / 2.
+    full_flops = layers * (24 * d * d + 4 * d * (prompt_len + new / 2)) + 2 * d * vocab
+    assert m["full_flops_per_token"] == pytest.approx(full_flops)
+    assert m["flops_ratio"] == pytest.approx(m["flops_per_token"] / full_flops)
+    assert {int(k) for k in m["exit_histogram"]} <= {*summary["head_layers"], layers - 1}
+    assert sum(v["exits_in_decoding"] for v in summary["per_head"].values()) == sum(
+        n for k, n in m["exit_histogram"].items() if int(k) != layers - 1
+    )
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    assert calibration == summary["calibration"] and calibration["metric"] == "entropy"
+    assert [s["target"] for s in summary["exit_shares"]] == calibration["targets"]
+    for shares in summary["exit_shares"]:
+        parts = [v for k, v in shares.items() if k.startswith("layer_") or k == "final"]
+        assert sum(parts) == pytest.approx(1.0) and 0 <= shares["agreement"] <= 1
+    at_target = next(s for s in summary["exit_shares"] if s["target"] == 0.9)
+    assert m["heldout_early_exit_share"] == pytest.approx(1 - at_target["final"])
+    # Stricter targets have higher thresholds: no fewer held-out tokens reach the last layer.
+    finals = [s["final"] for s in summary["exit_shares"]]
+    assert finals == sorted(finals) and finals[0] < finals[-1]
+    # The printed tables show the same numbers.
+    assert f"layers {layers}  heads linear at {summary['head_layers']}" in stdout
+    printed = re.search(r"^layers per token\s+(\S+)\s+(\S+)$", stdout, re.MULTILINE)
+    assert printed.groups() == (f"{m['layers_per_token']:.3f}", f"{layers:.3f}")
+    assert f"speedup {m['speedup']:.3f}x " in stdout and f"FLOPs ratio {m['flops_ratio']:.3f} " in stdout
+    shares_table = stdout.split("share of held-out tokens leaving at each head")[1]
+    assert f"{at_target['final']:.3f}" in shares_table.split("mode dssd")[0]
+
+
 def test_default_run_records_once_and_reuses_cached_artifacts(tmp_path):
     first = run_app(tmp_path)
     assert "mode dssd at target 0.9" in first.stdout and "accuracy (early-exit model vs full" in first.stdout
@@ -137,6 +190,7 @@ def test_default_run_records_once_and_reuses_cached_artifacts(tmp_path):
     assert row["metric.heldout_early_exit_share"] > 0 and row["metric.flops_per_token"] > 0
     assert not (tmp_path / "cache" / "heads").exists(), "the shipped heads must be reused"
     assert (tmp_path / "run" / "calibration.json").exists() and list((tmp_path / "run").glob("*.log"))
+    check_summary(tmp_path / "run", first.stdout)
     # The same config again is skipped; force=true recomputes it; a new mode reuses the calibration.
     run_app(tmp_path)
     assert len(ResultStore(tmp_path / "records.jsonl").load()) == 1

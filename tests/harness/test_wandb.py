@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RUN
 from omegaconf import OmegaConf
+from wandb_files import read_offline_run
 
 from earlyexit.harness.loggers import exit_histogram, log_run, run_name, scalar_metrics, strip_wandb_args
 
@@ -58,56 +58,6 @@ def run_app(tmp_path: Path, cache: Path, *args: str, multirun: bool = False) -> 
     return subprocess.run(
         command, cwd=ROOT, env=wandb_env(tmp_path), capture_output=True, text=True, timeout=300
     )
-
-
-def wandb_records(path: Path):
-    """Records of a `.wandb` file: 7-byte file header, then 32 KiB blocks of (crc, length, type) chunks."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    pos, buf, block = 7, b"", 32768
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:
-            pos += block - pos % block
-            continue
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk  # 1 full, 2 first, 3 middle, 4 last
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(buf)
-            yield record
-
-
-def read_offline_run(run_dir: Path) -> dict:
-    """The run's name, config, summary (history folded in, then summary updates) and exit code."""
-    out: dict = {"config": {}, "summary": {}, "exit_code": None, "name": None}
-
-    def update(target: dict, items) -> None:
-        for item in items:
-            *parents, leaf = [item.key] if item.key else list(item.nested_key)
-            node = target
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = json.loads(item.value_json)
-
-    (wandb_file,) = run_dir.glob("run-*.wandb")
-    for record in wandb_records(wandb_file):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            out["name"] = record.run.display_name
-            update(out["config"], record.run.config.update)
-        elif kind == "history":
-            update(out["summary"], record.history.item)
-        elif kind == "summary":
-            update(out["summary"], record.summary.update)
-        elif kind == "exit":
-            out["exit_code"] = record.exit.exit_code
-    return out
 
 
 def offline_runs(tmp_path: Path) -> list[Path]:
@@ -202,4 +152,36 @@ def test_helpers():
     assert exit_histogram({}) == {}
     flat = {"model.name": "/a/b/pythia-410m", "mode.name": "layerskip", "mode.exit_layer": 4}
     assert run_name({**flat, "mode.draft_length": 6}) == "pythia-410m-layerskip-E4-K6"
-    log_run(OmegaConf.create({"logger": {"name": "none"}}), {}, {})  # no tracker: nothing at all
+
+
+def test_wandb_is_called_only_when_it_is_the_logger(monkeypatch, caplog):
+    import wandb
+
+    runs = []
+
+    class FakeRun:
+        def __init__(self, **kwargs):
+            self.init, self.logged, self.summary, self.finished = kwargs, [], {}, None
+            runs.append(self)
+
+        def log(self, payload):
+            self.logged.append(payload)
+
+        def finish(self, exit_code=0):
+            self.finished = exit_code
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun(**kwargs))
+    flat = {"model.name": "embedded", "mode.name": "full"}
+    record = {"status": "ok", "run_id": "r1", "metric.speedup": 1.5, "metric.tokens": 16}
+    log_run(OmegaConf.create({"logger": {"name": "none"}}), flat, record)
+    log_run(OmegaConf.create({}), flat, record)  # no logger group at all
+    assert runs == []
+    with caplog.at_level("WARNING"):
+        log_run(OmegaConf.create({"logger": {"name": "tensorboard"}}), flat, record)
+    assert runs == [] and "logger.name='tensorboard' is not one of none, wandb" in caplog.text
+    # The same record with logger=wandb does reach W&B: the spy above would have seen a call.
+    log_run(OmegaConf.create({"logger": {"name": "wandb", "mode": "offline"}}), flat, record)
+    (run,) = runs
+    assert run.init["name"] == "embedded-full" and run.init["config"] == flat
+    assert run.logged == [{"speedup": 1.5, "tokens": 16}] and run.finished == 0
+    assert run.summary["run_id"] == "r1"

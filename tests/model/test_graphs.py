@@ -129,6 +129,30 @@ def test_every_mode_gives_the_same_tokens_with_graphs(seed, arch):
         assert len(graphed.graphs) > 0
 
 
+def test_graphed_decoding_crosses_kv_buckets():
+    """Prompts just below 64, 128 and 256 tokens: decoding crosses into the next KV bucket (a new
+    set of graphs) mid-generation, drafts and verification rows included; no token changes."""
+    model = damped_model(5, max_positions=512).double()
+    adapter = get_adapter(model)
+    heads = HeadSet(adapter, HeadSpec("shared", (1, 3)))
+    gen = torch.Generator().manual_seed(5)
+    prompt_list = [torch.randint(0, 97, (n,), generator=gen) for n in (58, 122, 250)]
+    settings = DecodeSettings(max_new_tokens=12)
+    reference, buckets = None, set()
+    for mode in _modes(adapter, heads):
+        eager = ExitEngine(adapter, exit_layers=mode.exit_layers)
+        graphed = ExitEngine(adapter, exit_layers=mode.exit_layers, graphs=ReplayCapture)
+        want = [mode.generate(eager, p, settings) for p in prompt_list]
+        got = [mode.generate(graphed, p, settings) for p in prompt_list]
+        assert [g.ids for g in got] == [w.ids for w in want], mode.name
+        assert [g.stats.exit_histogram for g in got] == [w.stats.exit_histogram for w in want]
+        reference = reference or [w.ids for w in want]
+        if mode.name != "early-exit":
+            assert [g.ids for g in got] == reference, f"{mode.name} with graphs is not lossless"
+        buckets |= {key[-1] for key in graphed.graphs.graphs if key[0] == "segment"}
+    assert buckets == {64, 128, 256, 512}
+
+
 def test_measure_decoding_with_graphs_restores_the_heads():
     model = damped_model(2)
     adapter = get_adapter(model)

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
-import lm_eval
 import pytest
 import torch
-import yaml
 from conftest import tiny_gpt_neox
 from lm_eval.api.instance import Instance
 from torch.nn import functional as F
 
-from earlyexit.data.paths import shared_data_dir
 from earlyexit.decoding import DecodeSettings, EarlyExitDecoding
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.lm_eval_model import EarlyExitLM, early_exit_logits
 from earlyexit.harness.stdlib_task import stdlib_lambada_examples
-from earlyexit.harness.tasks import (
-    LOCAL_TASKS,
-    STANDARD_TASKS,
-    STDLIB_TASK,
-    evaluate,
-    resolve_tasks,
-    validate_tasks,
-    write_task_configs,
-)
+from earlyexit.harness.tasks import STDLIB_TASK, evaluate
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.loading import load_model
@@ -225,63 +213,8 @@ def test_generate_until_respects_until_and_max_gen_toks(embedded):
     assert isinstance(text, str) and "\n\n" not in text and 0 < ee.positions <= 16
 
 
-# ----------------------------------------------------------------------------- tasks
-
-
-def test_unknown_task_names_list_the_valid_ones(embedded):
-    with pytest.raises(ValueError) as err:
-        validate_tasks(["piqa", "no_such_task"])
-    message = str(err.value)
-    assert "no_such_task" in message
-    for name in [*STANDARD_TASKS, *LOCAL_TASKS, STDLIB_TASK]:
-        assert name in message
-    lm = EarlyExitLM(*embedded, None, disable_tqdm=True)
-    with pytest.raises(ValueError, match="no_such_task"):
-        evaluate(lm, ["no_such_task"], offline=True)
-
-
-def test_standard_tasks_exist_in_lm_eval():
-    """Index only their folders (all of lm-eval's ~15k YAMLs take ~10 s)."""
-    from lm_eval.tasks import TaskManager
-
-    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
-    folders = ["lambada", "piqa", "arc", "sciq", "hellaswag", "winogrande"]
-    manager = TaskManager(include_path=[tasks_dir / f for f in folders], include_defaults=False)
-    assert set(STANDARD_TASKS) <= set(manager.all_subtasks)
-
-
-def test_offline_maps_standard_tasks_to_local_variants():
-    assert resolve_tasks(["piqa", STDLIB_TASK], offline=True) == ["piqa_local", STDLIB_TASK]
-    assert resolve_tasks(["piqa"], offline=False) == ["piqa"]
-    with pytest.raises(ValueError, match="hellaswag"):
-        resolve_tasks(["hellaswag"], offline=True)
-
-
-def test_local_task_configs_reuse_lm_evals_own(tmp_path):
-    """Prompt, target, choices and metrics come from lm-eval's YAML; only the data moves."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for task in LOCAL_TASKS.values():
-        (data / task.data_file).write_text("{}\n")
-    written = write_task_configs(list(LOCAL_TASKS), tmp_path, data_dir=data)
-    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
-    for path in written:
-        ours = load_yaml(path, resolve_func=False)
-        task = LOCAL_TASKS[ours["task"]]
-        theirs = yaml.safe_load((tasks_dir / task.base).read_text())
-        for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "output_type"):
-            assert ours.get(key) == theirs.get(key), (task.name, key)
-        data_file = ours["dataset_kwargs"]["data_files"][task.split]
-        assert ours["dataset_path"] == "json" and Path(data_file).is_absolute()
-        assert ours[f"{task.split}_split"] == task.split and ours["test_split"] in (None, "test")
-        assert ours["tag"] == []
-
-
-def test_missing_local_data_names_file_and_task(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"arc_easy_local.*arc_easy_validation\.jsonl"):
-        write_task_configs(["arc_easy_local"], tmp_path, data_dir=tmp_path / "absent")
+# ----------------------------------------------------------------------------- stdlib_lambada
+# (every other task's resolution and local files: tests/harness/test_tasks.py)
 
 
 def test_stdlib_lambada_examples_are_deterministic():
@@ -296,21 +229,7 @@ def test_stdlib_lambada_end_to_end(embedded, cache_dir):
     adapter, tok = embedded
     heads = HeadSet(adapter, HeadSpec("shared", (3,)))
     lm = EarlyExitLM(adapter, tok, ThresholdPolicy(heads, "entropy", {3: -2.0}), disable_tqdm=True)
-    results = evaluate(lm, [STDLIB_TASK], limit=20, offline=True, cache_dir=cache_dir)
+    results = evaluate(lm, [STDLIB_TASK], limit=20, cache_dir=cache_dir)
     metrics = results[STDLIB_TASK]
     assert 0.0 <= metrics["acc"] <= 1.0 and math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
     assert set(lm.exit_histogram) == {3, adapter.num_layers - 1} and lm.positions >= 20
-
-
-@pytest.mark.skipif(
-    shared_data_dir() is None
-    or not all((shared_data_dir() / "eval" / t.data_file).is_file() for t in LOCAL_TASKS.values()),
-    reason="../shared/data/eval with the lambada/piqa/arc_easy/sciq JSONL files is absent on this machine",
-)
-def test_local_tasks_run(embedded, cache_dir):
-    lm = EarlyExitLM(*embedded, None, disable_tqdm=True)
-    results = evaluate(lm, list(LOCAL_TASKS), limit=5, offline=True, cache_dir=cache_dir)
-    assert set(results) == set(LOCAL_TASKS)
-    for task, metrics in results.items():
-        assert "acc" in metrics, task
-        assert all(math.isfinite(v) for v in metrics.values()), (task, metrics)

@@ -43,6 +43,7 @@ class LocalVariant:
     files: tuple[Path, ...]
     split: str  # the split that is scored
     note: str
+    fallback: bool = False  # scored on validation because the split lm-eval scores is absent
 
 
 def lm_eval_tasks_dir() -> Path:
@@ -103,7 +104,8 @@ def local_variant(task: str, yaml_path: Path, data_dir: Path) -> LocalVariant | 
         return None
     found, split, key = _first_existing(task, data_dir, scored), scored, scored_key
     note = f"{task} from {data_dir}: the split lm-eval scores ({scored}), lm-eval's prompts and metrics"
-    if found is None and scored != "validation":
+    fallback = found is None and scored != "validation"
+    if fallback:
         found, split, key = _first_existing(task, data_dir, "validation"), "validation", "validation_split"
         note = (
             f"{task} scored on the VALIDATION split from {data_dir}: lm-eval scores {scored}, "
@@ -137,4 +139,4 @@ def local_variant(task: str, yaml_path: Path, data_dir: Path) -> LocalVariant | 
         **splits,
         "metadata": {**dict(config.get("metadata") or {}), "note": note},
     }
-    return LocalVariant(local, tuple(p.resolve() for p in files.values()), split, note)
+    return LocalVariant(local, tuple(p.resolve() for p in files.values()), split, note, fallback)

@@ -80,6 +80,7 @@ class ResolvedTask:
     split: str | None = None  # the split that is scored, where known
     data: str | None = None  # the loaded dataset's fingerprint, where it was built here
     note: str = ""
+    fallback: bool = False  # scored on validation: the split lm-eval scores is not in data_dir
 
 
 def default_data_dir() -> Path | None:
@@ -243,31 +244,35 @@ def _unknown(name: str, include_dirs: list[Path]) -> TaskNotAvailableError:
     )
 
 
+def _user_task(name: str, yaml_path: Path, include_dirs: list[Path], offline: bool) -> ResolvedTask:
+    """A task from the user's include_path, as registered there (built here when offline)."""
+    folder = next(str(d) for d in include_dirs if yaml_path.resolve().is_relative_to(d))
+    if not offline:
+        return ResolvedTask(name, "include_path", yaml=str(yaml_path), include_dir=folder)
+    try:
+        task = _build(name, None, folder)
+    except Exception as err:
+        raise TaskNotAvailableError(
+            f"task {name!r} from task.include_path={folder!r} ({yaml_path}) cannot be built offline: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return ResolvedTask(
+        name,
+        "include_path",
+        yaml=str(yaml_path),
+        include_dir=folder,
+        split=_split_of(task),
+        data=_dataset_fingerprint(task),
+    )
+
+
 def _resolve_one(
     name: str, data_dir: Path | None, include_dirs: list[Path], user: dict[str, Any], offline: bool
 ) -> ResolvedTask:
     if name == STDLIB_TASK:
         return ResolvedTask(name, "stdlib", note="generated from the held-out stdlib corpus")
     if name in user:
-        entry = user[name]
-        folder = next(str(d) for d in include_dirs if Path(entry.yaml_path).resolve().is_relative_to(d))
-        if not offline:
-            return ResolvedTask(name, "include_path", yaml=str(entry.yaml_path), include_dir=folder)
-        try:
-            task = _build(name, None, folder)
-        except Exception as err:
-            raise TaskNotAvailableError(
-                f"task {name!r} from task.include_path={folder!r} ({entry.yaml_path}) cannot be built "
-                f"offline: {type(err).__name__}: {err}"
-            ) from err
-        return ResolvedTask(
-            name,
-            "include_path",
-            yaml=str(entry.yaml_path),
-            include_dir=folder,
-            split=_split_of(task),
-            data=_dataset_fingerprint(task),
-        )
+        return _user_task(name, Path(user[name].yaml_path), include_dirs, offline)
     path = lm_eval_task_yaml(name)
     if path is None:
         raise _unknown(name, include_dirs)
@@ -303,7 +308,7 @@ def _resolve_one(
                 f"({type(err).__name__}: {err}); the file has columns {_columns(file)}, and the task "
                 f"({path}) reads the columns of the dataset {dataset}"
             ) from err
-        log.info("task %s: %s", name, variant.note)
+        (log.warning if variant.fallback else log.info)("task %s: %s", name, variant.note)
         return ResolvedTask(
             name,
             "data_dir",
@@ -312,6 +317,7 @@ def _resolve_one(
             files=tuple(str(f) for f in variant.files),
             split=variant.split,
             note=variant.note,
+            fallback=variant.fallback,
         )
     raise _not_available(name, dataset, config, cache_miss, data_dir, include_dirs)
 
@@ -451,7 +457,7 @@ def evaluate(
         _datasets_offline()
     names = [t.name for t in resolved]
     for task in resolved:
-        if task.note and task.source == "data_dir":
+        if task.fallback:
             log.warning("task %s: %s", task.name, task.note)
     with tempfile.TemporaryDirectory(prefix="earlyexit-tasks-") as include_dir:
         for task in resolved:

@@ -108,11 +108,11 @@ def _write(tmp_path: Path, config: dict) -> Path:
 def test_the_scored_split_falls_back_to_validation_with_a_note(tmp_path, caplog):
     data = write_suite(tmp_path, ["arc_easy"], split="validation")
     (resolved,) = resolve_tasks(["arc_easy"], data_dir=data)
-    assert resolved.split == "validation" and resolved.config["test_split"] is None
+    assert resolved.split == "validation" and resolved.config["test_split"] is None and resolved.fallback
     assert "VALIDATION" in resolved.note and "lm-eval scores test" in resolved.note
     write_jsonl(data / "arc_easy_test.jsonl", ROWS["arc_easy"])  # the scored split arrives
     (resolved,) = resolve_tasks(["arc_easy"], data_dir=data)
-    assert resolved.split == "test" and "VALIDATION" not in resolved.note
+    assert resolved.split == "test" and "VALIDATION" not in resolved.note and not resolved.fallback
 
 
 def test_parquet_files_are_read_too(tmp_path):

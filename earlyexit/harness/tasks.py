@@ -374,12 +374,16 @@ def resolve_tasks(
     bad = [n for n in names if not isinstance(n, str) or not n]
     if bad:
         raise TaskNotAvailableError(f"task.names holds {bad!r}; each must be a task name")
-    include_dirs = _include_dirs(include_path)
-    folder = _data_dir(data_dir)
-    needs_data = any(n != STDLIB_TASK for n in names)
-    mode = is_offline(offline) if needs_data else True
     import datasets
 
+    include_dirs = _include_dirs(include_path)
+    folder = _data_dir(data_dir)
+    user = _user_tasks(include_dirs)
+    for name in names:  # a typo fails at once, before the hub is probed or anything is built
+        if name != STDLIB_TASK and name not in user and lm_eval_task_yaml(name) is None:
+            raise _unknown(name, include_dirs)
+    needs_data = any(n != STDLIB_TASK for n in names)
+    mode = is_offline(offline) if needs_data else True
     key = (
         tuple(names),
         str(folder),
@@ -391,7 +395,6 @@ def resolve_tasks(
     cached = _memo.get(key)
     if cached is not None and cached[0] == signature:
         return list(cached[1])
-    user = _user_tasks(include_dirs)
     resolved = [_resolve_one(n, folder, include_dirs, user, mode) for n in dict.fromkeys(names)]
     _memo[key] = (signature, resolved)
     return list(resolved)

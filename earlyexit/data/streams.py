@@ -6,12 +6,13 @@ source is reduced to a list of documents, tokenised and joined with EOS.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from earlyexit.data.corpus import split_documents
+from earlyexit.data.corpus import split_documents, stdlib_documents
 
 TEXT_SUFFIXES = {".txt", ".py", ".md", ".rst", ".json", ".jsonl"}
 
@@ -29,11 +30,44 @@ def load_documents(source: str, split: str = "train", text_field: str = "text") 
     if path.is_file():
         return [path.read_text(encoding="utf-8", errors="replace")]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
-        return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+        return [p.read_text(encoding="utf-8", errors="replace") for p in _text_files(path)]
     if _looks_like_path(source):
         raise FileNotFoundError(f"text source {source!r} does not exist")
     return _hf_dataset_documents(source, split, text_field)
+
+
+def text_fingerprint(source: str) -> str:
+    """What the text of ``source`` *is*, for cache keys: a SHA-256 of its content, never its name.
+
+    The stdlib corpus and local files or folders are hashed (document names relative to the
+    source, then bytes), so changed text under the same path gets a new key and the same text
+    under another path the same one. A hub dataset is identified by its name only: its text is
+    not local, and its revision is not pinned.
+    """
+    digest = hashlib.sha256()
+    if source == "stdlib":
+        for name, text in stdlib_documents():
+            digest.update(f"{name}\0{len(text)}\0".encode())
+            digest.update(text.encode("utf-8", errors="replace"))
+        return f"stdlib:{digest.hexdigest()}"
+    path = Path(source).expanduser()
+    if path.is_file():
+        files = [("", path)]  # a single file: its name is not part of its text
+    elif path.is_dir():
+        files = [(str(p.relative_to(path)), p) for p in _text_files(path)]
+    elif _looks_like_path(source):
+        raise FileNotFoundError(f"text source {source!r} does not exist")
+    else:
+        return f"dataset:{source}"
+    for name, file in files:
+        data = file.read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return f"text:{digest.hexdigest()}"
+
+
+def _text_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
 
 
 def _looks_like_path(source: str) -> bool:

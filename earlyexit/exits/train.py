@@ -3,13 +3,21 @@
 Loss is KL(final softmax || head softmax) at temperature T, times T^2 so the gradient
 scale does not depend on T (standard distillation), averaged over heads; or
 cross-entropy to the final layer's argmax. Only head weights train.
+
+A half-precision backbone (float16/bfloat16, e.g. Pythia on a GPU) trains its heads with
+float32 master weights under ``torch.autocast`` (and a gradient scaler for float16): AdamW's
+small updates vanish in half-precision weights. A batch that does not fit in device memory is
+split into micro-batches whose gradients add up to the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +31,10 @@ from earlyexit.data.streams import contiguous_windows, sample_windows
 from earlyexit.exits.heads import HeadSet
 from earlyexit.model.adapter import ModelAdapter
 
+log = logging.getLogger(__name__)
+
 LOSSES = ("kl", "ce")
+HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,28 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 CHECKPOINT_FORMAT = "earlyexit-train-checkpoint/1"
+
+
+def mixed_precision(adapter: ModelAdapter) -> contextlib.AbstractContextManager:
+    """Autocast to the backbone's half dtype (no-op for float32/float64 backbones)."""
+    if adapter.dtype not in HALF:
+        return contextlib.nullcontext()
+    return torch.autocast(adapter.device.type, dtype=adapter.dtype)
+
+
+def _accumulate(
+    adapter: ModelAdapter, heads: HeadSet, ids: torch.Tensor, cfg: TrainConfig, scaler, micro: int
+) -> float:
+    """Forward and backward one batch in micro-batches of ``micro`` rows; returns the batch loss."""
+    total = 0.0
+    for chunk in ids.split(micro):
+        hidden, final = backbone_targets(adapter, heads, chunk)
+        with mixed_precision(adapter):
+            loss = torch.stack([head_loss(heads(k, hidden[k]), final, cfg) for k in heads.layers]).mean()
+        share = loss * (len(chunk) / len(ids))
+        scaler.scale(share).backward()
+        total += share.item()
+    return total
 
 
 def _save_checkpoint(path: Path, heads: HeadSet, opt, step: int, cfg: TrainConfig) -> None:
@@ -176,6 +209,10 @@ def train_heads(
         return []  # LayerSkip's exit reuses the model's own head: nothing to train
     torch.manual_seed(cfg.seed)
     adapter.model.requires_grad_(False)
+    if adapter.dtype in HALF:
+        heads.float()  # float32 master weights; the forward runs under autocast (mixed_precision)
+    scaler = torch.amp.GradScaler(adapter.device.type, enabled=adapter.dtype == torch.float16)
+    micro = cfg.batch_size
     params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
@@ -187,21 +224,34 @@ def train_heads(
         range(start, cfg.steps), desc="train heads", disable=not progress, initial=start, total=cfg.steps
     )
     heads.train()
+    started, tokens = time.perf_counter(), 0
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         ids = sample_windows(stream, cfg.batch_size, cfg.seq_len, cfg.seed, step)
-        hidden, final = backbone_targets(adapter, heads, ids)
-        loss = torch.stack([head_loss(heads(k, hidden[k]), final, cfg) for k in heads.layers]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        while True:
+            opt.zero_grad(set_to_none=True)
+            try:
+                loss = _accumulate(adapter, heads, ids, cfg, scaler, micro)
+                break
+            except torch.OutOfMemoryError:
+                if micro == 1:
+                    raise
+                micro = max(1, micro // 2)  # a batch that fits: the same step in smaller pieces
+                if adapter.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("head training: out of memory; micro-batches of %d of %d rows", micro, len(ids))
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss)
+        tokens += ids.numel()
+        rate = tokens / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{rate:,.0f}", micro=micro)
         done = step + 1
         if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             _save_checkpoint(ckpt, heads, opt, done, cfg)
     heads.eval()
+    heads.to(adapter.dtype)  # back to the backbone's dtype for exits (a no-op without mixed precision)
     return losses
 
 

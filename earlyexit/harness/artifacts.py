@@ -1,7 +1,10 @@
 """Content-addressed cache for trained heads, so sweeping metric, target or mode never retrains.
 
-The key hashes everything that changes the weights: model, head spec, training settings,
-training data. Shipped artifacts (the embedded model's heads) are looked up first.
+The key hashes everything that changes the weights: the model (hub id + the commit its revision
+resolved to, or a hash of a local directory's weights), head spec, training settings, and the
+training text's content (`earlyexit.data.streams.text_fingerprint`), never a name or a path:
+changed text under the same path trains new heads, the same text under another path reuses them.
+Shipped artifacts (the embedded model's heads) are looked up first.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from earlyexit.data.streams import TEXT_SUFFIXES, token_streams
+from earlyexit.data.streams import text_fingerprint, token_streams
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.train import TrainConfig, train_heads
 from earlyexit.model.adapter import ModelAdapter
@@ -41,11 +43,15 @@ def find_artifact(cache_dir: str | Path, kind: str, key: str, suffix: str) -> Pa
     return None
 
 
-def artifact_path(cache_dir: str | Path, kind: str, key: str, suffix: str, identity: dict) -> Path:
-    """Where to write a new artifact; a JSON sidecar records what the key stands for."""
+def artifact_path(
+    cache_dir: str | Path, kind: str, key: str, suffix: str, identity: dict, about: dict | None = None
+) -> Path:
+    """Where to write a new artifact; a JSON sidecar records what the key stands for (and, under
+    ``about``, readable context that is not part of the key, such as the data source's name)."""
     root = Path(cache_dir) / kind
     root.mkdir(parents=True, exist_ok=True)
-    (root / f"{key}.json").write_text(json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n")
+    sidecar = {**identity, **({"about": about} if about else {})}
+    (root / f"{key}.json").write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
     return root / f"{key}{suffix}"
 
 
@@ -53,21 +59,29 @@ def prepare_heads(
     adapter: ModelAdapter,
     spec: HeadSpec,
     tcfg: TrainConfig,
-    source: str,
+    data: dict,
     train_stream: torch.Tensor,
     cache_dir: str | Path,
+    model: dict | None = None,
+    about: dict | None = None,
 ) -> tuple[HeadSet, str]:
-    """Load heads from the artifact cache, or train them and store them there; returns (heads, key)."""
-    identity = {"model": adapter.model_id, "spec": spec, "train": tcfg, "data": source}
+    """Load heads from the artifact cache, or train them and store them there; returns (heads, key).
+
+    ``model`` is the model's content identity (`earlyexit.model.loading.model_fingerprint`),
+    ``data`` the training text's (e.g. ``{"text": text_fingerprint(source), "heldout_fraction": f}``).
+    """
+    identity = {"model": model or {"id": adapter.model_id}, "spec": spec, "train": tcfg, "data": data}
     key = artifact_key(**identity)
     if spec.architecture == "shared":
         return HeadSet(adapter, spec), key
     found = find_artifact(cache_dir, "heads", key, ".safetensors")
     if found is not None:
         log.info("heads: cached %s", found)
-        return HeadSet.load(found, adapter), key
+        # The key covers the model's content, so a copy of the same weights under another path is
+        # the same model: the name check in HeadSet.load would refuse it for nothing.
+        return HeadSet.load(found, adapter, check_model_id=False), key
     heads = HeadSet(adapter, spec)
-    path = artifact_path(cache_dir, "heads", key, ".safetensors", identity)
+    path = artifact_path(cache_dir, "heads", key, ".safetensors", identity, about)
     train_heads(adapter, heads, train_stream, tcfg, checkpoint=path.with_suffix(".ckpt"))
     heads.save(path)
     path.with_suffix(".ckpt").unlink(missing_ok=True)
@@ -90,19 +104,6 @@ def cached_json(cache_dir: str | Path, kind: str, identity: dict, compute) -> di
     return value
 
 
-def source_fingerprint(source: str) -> str:
-    """What the text of `source` depends on, cheaply: stdlib follows the interpreter, local files
-    their sizes and modification times, a hub dataset its name (its revision is not pinned)."""
-    if source == "stdlib":
-        return f"python-{sys.version}-{sys.prefix}"
-    path = Path(source).expanduser()
-    if not path.exists():
-        return f"dataset:{source}"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
-    stats = [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash of the tokenizer's full definition, so two models sharing a tokenizer share streams."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -111,14 +112,20 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def cached_token_streams(
-    tokenizer: PreTrainedTokenizerBase, source: str, heldout_fraction: float, cache_dir: str | Path
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    heldout_fraction: float,
+    cache_dir: str | Path,
+    text: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`data.token_streams`, stored once per tokenizer and text: tokenising the stdlib corpus takes
-    longer than the rest of a cached run, and every run of a sweep needs the same streams."""
+    longer than the rest of a cached run, and every run of a sweep needs the same streams.
+
+    Keyed by the text's content (``text``, default ``text_fingerprint(source)``), not its path.
+    """
     identity = {
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "source": source,
-        "fingerprint": source_fingerprint(source),
+        "text": text or text_fingerprint(source),
         "heldout_fraction": heldout_fraction,
     }
     key = artifact_key(**identity)
@@ -128,7 +135,7 @@ def cached_token_streams(
         streams = load_file(path)
         return streams["train"], streams["calibration"], streams["heldout"]
     train, calib, heldout = token_streams(tokenizer, source, heldout_fraction)
-    path = artifact_path(cache_dir, "tokens", key, ".safetensors", identity)
+    path = artifact_path(cache_dir, "tokens", key, ".safetensors", identity, {"source": source})
     tmp = path.with_suffix(".tmp")
     save_file({"train": train, "calibration": calib, "heldout": heldout}, str(tmp))
     tmp.replace(path)  # atomic: concurrent jobs of a multirun never read a half-written file

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from earlyexit.data.streams import text_fingerprint
 from earlyexit.decoding import LOSSLESS, DecodeSettings, check_mode, make_strategy
 from earlyexit.exits.calibrate import (
     Calibration,
@@ -41,17 +42,21 @@ from earlyexit.harness.results import ResultStore, config_key, flatten_config, m
 from earlyexit.harness.timing import environment
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.graphs import default_capture, kv_bucket
-from earlyexit.model.loading import EMBEDDED_MODEL_DIR, PYTHIA_SIZES, load_model, pythia_size, resolve_model
+from earlyexit.model.loading import (
+    EMBEDDED_MODEL_DIR,
+    PYTHIA_SIZES,
+    check_revision,
+    load_model,
+    model_fingerprint,
+    native_dtype,
+    pythia_size,
+    resolve_model,
+)
+from earlyexit.model.runtime import DTYPES, resolve_device, resolve_dtype
 from earlyexit.model.trace import TraceCounts
 
 log = logging.getLogger(__name__)
 PROFILE_ROWS = 8  # the engine's graph row limit; verification passes of longer drafts extrapolate
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
 
 
 def known_num_layers(model_name: str) -> int | None:
@@ -88,8 +93,38 @@ def _positive(cfg: DictConfig, *keys: str) -> None:
             raise ValueError(f"{key}={value!r} must be an integer >= 1")
 
 
+def resolve_runtime(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with ``device=auto`` and ``model.dtype=auto`` replaced by what they mean on
+    this machine (idempotent). The record keeps the resolved values, so a CPU run and a GPU run of
+    the same config are different experiments, and the requested ones under ``env.*_requested``."""
+    device = resolve_device(cfg.device)
+    revision = cfg.model.get("revision")
+    dtype = resolve_dtype(cfg.model.dtype, device, lambda: native_dtype(cfg.model.name, revision))
+    out = cfg.copy()
+    with open_dict(out):
+        out.device = device
+        out.model.dtype = dtype
+    return out
+
+
+def resolve_tasks_of(cfg: DictConfig) -> list:
+    """The run's lm-eval tasks, each resolved to where its data comes from (fails before loading)."""
+    from earlyexit.harness.tasks import validate_tasks  # lm-eval is slow to import: only when needed
+
+    include = cfg.task.get("include_path")
+    include = OmegaConf.to_container(include) if OmegaConf.is_list(include) else include
+    return validate_tasks(
+        list(cfg.task.names),
+        data_dir=cfg.task.get("data_dir"),
+        include_path=include,
+        offline=cfg.task.get("offline"),
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any model is loaded, naming the key, the value and what is allowed."""
+    cfg = resolve_runtime(cfg)  # device and model.dtype: known, available, and runnable together
+    check_revision(cfg.model.name, cfg.model.get("revision"))
     get_metric(cfg.metric.name)
     HeadSpec(cfg.heads.architecture, (0,))
     try:
@@ -97,8 +132,6 @@ def validate(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ValueError(f"calibration: {err}") from None
     train_config(cfg).validate()
-    if cfg.model.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.model.dtype!r} is not one of {', '.join(DTYPES)}")
     check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
     bench_keys = ("prompts", "prompt_len", "max_new_tokens", "repeats", "profile_repeats")
     _positive(cfg, *(f"bench.{k}" for k in bench_keys))
@@ -108,9 +141,7 @@ def validate(cfg: DictConfig) -> None:
         except ValueError as err:
             raise ValueError(f"bench.cuda_graphs=true with device={cfg.device}: {err}") from None
     if cfg.task.names:
-        from earlyexit.harness.tasks import validate_tasks  # lm-eval is slow to import: only when needed
-
-        validate_tasks(list(cfg.task.names))
+        resolve_tasks_of(cfg)
     # Placement names and counts are checked even when the layer count is not known offline
     # (a hub model not loaded yet); layer bounds are checked whenever it is.
     num_layers = known_num_layers(cfg.model.name)
@@ -125,6 +156,8 @@ def validate(cfg: DictConfig) -> None:
 
 def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: bool = False) -> dict | None:
     """Run `cfg` once and append its record to the results store; skip it if already finished."""
+    requested = {"device": str(cfg.device), "dtype": str(cfg.model.dtype)}
+    cfg = resolve_runtime(cfg)
     validate(cfg)
     flat = flatten_config(cfg)
     key = config_key(flat)
@@ -133,6 +166,14 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
         log.info("config %s already finished in %s; skipping (force=true recomputes)", key, store.path)
         return None
     env = environment(cfg.device, DTYPES[cfg.model.dtype])
+    env.update({"device_requested": requested["device"], "dtype_requested": requested["dtype"]})
+    log.info(
+        "device=%s (requested %s), model.dtype=%s (requested %s)",
+        cfg.device,
+        requested["device"],
+        cfg.model.dtype,
+        requested["dtype"],
+    )
     summary, failure = None, None
     try:
         summary = run(cfg, output_dir)
@@ -155,16 +196,25 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Heads, calibration, accuracy, decoding benchmark and FLOPs for one config; prints a summary."""
+    cfg = resolve_runtime(cfg)
     validate(cfg)
+    tasks = resolve_tasks_of(cfg) if cfg.task.names else []  # resolved by validate: reused, not redone
     torch.manual_seed(cfg.seed)
     log.info("stage 1/5: model and heads")
-    model, tokenizer = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device)
+    revision = cfg.model.get("revision")
+    model, tokenizer = load_model(
+        cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device, revision=revision
+    )
+    model_id = model_fingerprint(cfg.model.name, revision)
     adapter = get_adapter(model)
     spec = HeadSpec(cfg.heads.architecture, tuple(head_layers(cfg, adapter.num_layers)), cfg.heads.rank)
     tcfg = train_config(cfg)
-    source = cfg.data.source
-    train, calib, heldout = cached_token_streams(tokenizer, source, cfg.data.heldout_fraction, cfg.cache_dir)
-    heads, heads_key = prepare_heads(adapter, spec, tcfg, source, train, cfg.cache_dir)
+    source, fraction = cfg.data.source, cfg.data.heldout_fraction
+    text = text_fingerprint(source)
+    train, calib, heldout = cached_token_streams(tokenizer, source, fraction, cfg.cache_dir, text=text)
+    data_id = {"text": text, "heldout_fraction": fraction}
+    about = {"model": cfg.model.name, "source": source}
+    heads, heads_key = prepare_heads(adapter, spec, tcfg, data_id, train, cfg.cache_dir, model_id, about)
 
     log.info("stage 2/5: calibration")
     metric, target = cfg.metric.name, float(cfg.calibration.target)
@@ -186,8 +236,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
     log.info("stage 3/5: accuracy")
     metrics: dict[str, Any] = {}
-    if cfg.task.names:
-        metrics.update(accuracy(cfg, adapter, tokenizer, policy, heads_key))
+    if tasks:
+        metrics.update(accuracy(cfg, adapter, tokenizer, policy, heads_key, tasks, model_id))
 
     log.info("stage 4/5: decoding benchmark")
     strategy = make_strategy(
@@ -232,6 +282,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     metrics["flops_saved"] = 1 - metrics["flops_ratio"]
     metrics["exit_histogram"] = mode["exit_histogram"]
     metrics["outputs_equal_full"] = ids == full_ids
+    # Which weights ran: a hub model's resolved commit, or a local directory's content hash.
+    metrics["model_fingerprint"] = (
+        f"{model_id['hub_id']}@{model_id['commit']}"
+        if "hub_id" in model_id
+        else f"weights:{model_id['weights']}"
+    )
     at_target = exit_shares(held, metric, thresholds)
     metrics["heldout_early_exit_share"] = 1 - at_target["final"]
     metrics["heldout_agreement_at_target"] = at_target["agreement"]
@@ -329,31 +385,41 @@ def predict_run(profile: CostProfile, mode_name: str, metric: str, mode: dict, f
 
 
 def accuracy(
-    cfg: DictConfig, adapter, tokenizer, policy: ThresholdPolicy, heads_key: str
-) -> dict[str, float]:
+    cfg: DictConfig,
+    adapter,
+    tokenizer,
+    policy: ThresholdPolicy,
+    heads_key: str,
+    tasks: list | None = None,
+    model_id: dict | None = None,
+) -> dict[str, Any]:
     """lm-eval scores of the early-exit model and of the full model (cached), and their delta.
 
     Lossless modes (full, layerskip, dssd) produce the full model's tokens, proven in the
-    tests, so their accuracy is the full model's and is not evaluated twice.
+    tests, so their accuracy is the full model's and is not evaluated twice. The cache key holds
+    the model's content identity and each task's YAML and data content, not their names.
+    Where each task's data came from is recorded as ``task_source.<task>`` / ``task_split.<task>``.
     """
     from earlyexit.harness.lm_eval_model import EarlyExitLM  # lm-eval is slow to import
-    from earlyexit.harness.tasks import evaluate
+    from earlyexit.harness.tasks import evaluate, task_identity
 
-    tasks, limit = list(cfg.task.names), cfg.task.limit
-    offline = cfg.task.get("offline")
+    tasks = tasks if tasks is not None else resolve_tasks_of(cfg)
+    limit = cfg.task.limit
+    model_id = model_id or {"id": adapter.model_id}
 
     def full_scores() -> dict:
-        return evaluate(EarlyExitLM(adapter, tokenizer, None), tasks, limit, offline, cache_dir=cfg.cache_dir)
+        return evaluate(EarlyExitLM(adapter, tokenizer, None), tasks, limit, cache_dir=cfg.cache_dir)
 
-    identity = {"model": adapter.model_id, "tasks": tasks, "limit": limit, "offline": offline}
+    identity = {"model": model_id, "tasks": task_identity(tasks, cfg.cache_dir), "limit": limit}
     full = cached_json(cfg.cache_dir, "accuracy", identity, full_scores)
     if cfg.mode.name in LOSSLESS:
         early = full
     else:
-        early = evaluate(
-            EarlyExitLM(adapter, tokenizer, policy), tasks, limit, offline, cache_dir=cfg.cache_dir
-        )
-    out = {}
+        early = evaluate(EarlyExitLM(adapter, tokenizer, policy), tasks, limit, cache_dir=cfg.cache_dir)
+    out: dict[str, Any] = {}
+    for task in tasks:
+        out[f"task_source.{task.name}"] = task.source
+        out[f"task_split.{task.name}"] = task.split
     for task, scores in full.items():
         for name, value in scores.items():
             if name.endswith("_stderr"):

@@ -1,17 +1,29 @@
-"""Which lm-eval tasks a run scores, their offline variants, and running them.
+"""Which lm-eval tasks a run scores, where each one's data comes from, and running them.
 
-The standard tasks go through lm-eval's own registry (they need the Hugging Face hub);
-``*_local`` variants reuse lm-eval's own YAML (``include``) but read ``../shared/data/eval``;
-``stdlib_lambada`` (``stdlib_task``) is generated from the held-out stdlib corpus, so it works
-anywhere.
+Every requested task is resolved before any model loads, to one of:
+
+- ``stdlib``: ``stdlib_lambada`` (``stdlib_task``), generated from the held-out stdlib corpus;
+- ``include_path``: a task from the user's own lm-eval YAMLs (``task.include_path``, as
+  ``lm_eval --include_path`` registers them);
+- ``hub``: a registered lm-eval task, online, exactly as lm-eval runs it;
+- ``datasets_cache``: the same, offline, from the Hugging Face datasets cache;
+- ``data_dir``: offline, the task's own YAML reading ``DIR/<task>_<split>.jsonl|.parquet``
+  (``local_tasks``; ``task.data_dir``, default ``../shared/data/eval``).
+
+Offline, each task is built once with lm-eval (which tests one document through its
+``process_docs`` and prompts), so missing data or a file whose columns do not fit fails here,
+naming the task, what was looked for and the three ways to provide it.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,169 +32,63 @@ import lm_eval
 import yaml
 from lm_eval.tasks import TaskManager
 
+from earlyexit.harness.local_tasks import (
+    candidate_files,
+    lm_eval_task_names,
+    lm_eval_task_yaml,
+    local_variant,
+    scored_split,
+    task_config,
+)
 from earlyexit.harness.stdlib_task import STDLIB_TASK, stdlib_task_config
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "LOCAL_TASKS",
-    "STANDARD_TASKS",
+    "PYTHIA_SUITE",
+    "SOURCES",
     "STDLIB_TASK",
-    "LocalTask",
+    "ResolvedTask",
+    "TaskNotAvailableError",
     "default_cache_dir",
+    "default_data_dir",
     "evaluate",
     "resolve_tasks",
-    "valid_tasks",
+    "task_identity",
     "validate_tasks",
-    "write_task_configs",
 ]
 
-STANDARD_TASKS = ("lambada_openai", "piqa", "arc_easy", "sciq", "hellaswag", "winogrande")
+# Examples for error messages only: any registered lm-eval task is accepted.
+PYTHIA_SUITE = ("lambada_openai", "piqa", "arc_easy", "sciq", "hellaswag", "winogrande")
+SOURCES = ("stdlib", "include_path", "hub", "datasets_cache", "data_dir")
+
+
+class TaskNotAvailableError(ValueError):
+    """A requested task is unknown, or its data cannot be reached; the message says how to provide it."""
 
 
 @dataclass(frozen=True)
-class LocalTask:
-    """An offline copy of an lm-eval task: its YAML, with the dataset swapped for a local JSONL."""
+class ResolvedTask:
+    """One task of a run and where its data comes from (one of ``SOURCES``)."""
 
     name: str
-    base: str  # lm-eval's own YAML, relative to lm_eval/tasks
-    data_file: str  # under ../shared/data/eval
-    split: str  # the split the local file holds (and that gets scored)
-    note: str
+    source: str
+    yaml: str | None = None  # the task's own YAML (lm-eval's, or the user's)
+    config: dict[str, Any] | None = None  # the YAML lm-eval gets for it (None: registered as-is)
+    include_dir: str | None = None  # the user's folder that registers it
+    files: tuple[str, ...] = ()  # local data files it reads (data_dir)
+    split: str | None = None  # the split that is scored, where known
+    data: str | None = None  # the loaded dataset's fingerprint, where it was built here
+    note: str = ""
+    fallback: bool = False  # scored on validation: the split lm-eval scores is not in data_dir
 
 
-LOCAL_TASKS: dict[str, LocalTask] = {
-    t.name: t
-    for t in (
-        LocalTask(
-            "lambada_openai_local",
-            "lambada/lambada_openai.yaml",
-            "lambada_openai_test.jsonl",
-            "test",
-            "lambada_openai from a local JSONL; same split (test) and scoring as lm-eval's",
-        ),
-        LocalTask(
-            "piqa_local",
-            "piqa/piqa.yaml",
-            "piqa_validation.jsonl",
-            "validation",
-            "piqa from a local JSONL; same split (validation) and scoring as lm-eval's",
-        ),
-        LocalTask(
-            "arc_easy_local",
-            "arc/arc_easy.yaml",
-            "arc_easy_validation.jsonl",
-            "validation",
-            "arc_easy scored on the VALIDATION split (lm-eval's arc_easy scores test, not available here)",
-        ),
-        LocalTask(
-            "sciq_local",
-            "sciq/sciq.yaml",
-            "sciq_validation.jsonl",
-            "validation",
-            "sciq scored on the VALIDATION split (lm-eval's sciq scores test, not available here)",
-        ),
-    )
-}
-LOCAL_OF = {t.base.split("/")[-1].removesuffix(".yaml"): t.name for t in LOCAL_TASKS.values()}
+def default_data_dir() -> Path | None:
+    """``../shared/data/eval`` next to the repository, where it exists."""
+    from earlyexit.data.paths import shared_data_dir
 
-
-def valid_tasks() -> list[str]:
-    return [*STANDARD_TASKS, *LOCAL_TASKS, STDLIB_TASK]
-
-
-def validate_tasks(names: list[str] | tuple[str, ...] | str) -> list[str]:
-    """Check task names before anything expensive (e.g. loading a model) happens."""
-    names = [names] if isinstance(names, str) else list(names)
-    if not names:
-        raise ValueError(f"no tasks given; valid tasks: {', '.join(valid_tasks())}")
-    bad = [n for n in names if n not in valid_tasks()]
-    if bad:
-        raise ValueError(
-            f"unknown task(s) {', '.join(map(repr, bad))}; valid tasks: standard (lm-eval, needs the "
-            f"hub): {', '.join(STANDARD_TASKS)}; local: {', '.join([*LOCAL_TASKS, STDLIB_TASK])}"
-        )
-    return names
-
-
-def resolve_tasks(names: list[str] | tuple[str, ...] | str, offline: bool | None = None) -> list[str]:
-    """The lm-eval task names to run: offline, standard tasks become their ``*_local`` variants.
-
-    ``offline=None`` means offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE says so, or when a
-    standard task is asked for and the hub does not answer.
-    """
-    names = validate_tasks(names)
-    standard = [n for n in names if n in STANDARD_TASKS]
-    if offline is None:
-        offline = _env_offline() or (bool(standard) and _hub_unreachable())
-    if not offline:
-        return names
-    missing = [n for n in standard if n not in LOCAL_OF]
-    if missing:
-        raise ValueError(
-            f"task(s) {', '.join(missing)} need the Hugging Face hub and have no local variant; offline "
-            f"tasks: {', '.join([*LOCAL_TASKS, STDLIB_TASK])}"
-        )
-    resolved = [LOCAL_OF.get(n, n) for n in names]
-    if standard:
-        log.warning("offline: running %s instead of %s", [LOCAL_OF[n] for n in standard], standard)
-    return list(dict.fromkeys(resolved))
-
-
-def _env_offline() -> bool:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return True
-    return False
-
-
-def _hub_unreachable() -> bool:
-    from earlyexit.model.loading import hub_unreachable_reason
-
-    reason = hub_unreachable_reason()
-    if reason is not None:
-        log.warning("the Hugging Face hub cannot be reached (%s); using local task variants", reason)
-    return reason is not None
-
-
-def _lm_eval_yaml(relative: str) -> Path:
-    path = Path(lm_eval.__file__).parent / "tasks" / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"lm-eval {lm_eval.__version__} has no task config {relative} ({path})")
-    return path
-
-
-def _local_config(task: LocalTask, data_dir: Path | None) -> dict[str, Any]:
-    path = (data_dir / task.data_file) if data_dir is not None else None
-    if path is None or not path.is_file():
-        where = path or f"../shared/data/eval/{task.data_file} (no ../shared/data next to the repository)"
-        base = task.base.split("/")[-1].removesuffix(".yaml")
-        raise FileNotFoundError(
-            f"task {task.name!r} reads {where}, which does not exist; put the file there or run the "
-            f"standard task {base!r} with hub access"
-        )
-    base = _lm_eval_yaml(task.base)
-    # Only the local split exists; lm-eval scores test if present, else validation.
-    splits = {"training_split": None, "validation_split": None, "test_split": None}
-    splits[f"{task.split}_split"] = task.split
-    return {
-        "include": str(base),
-        "task": task.name,
-        "tag": [],  # keep the local copy out of lm-eval's tag groups (e.g. "lambada", "ai2_arc")
-        "dataset_path": "json",
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {task.split: str(path.resolve())}},
-        **splits,
-        "metadata": {**_base_metadata(base), "note": task.note},
-    }
-
-
-def _base_metadata(path: Path) -> dict[str, Any]:
-    try:
-        meta = yaml.safe_load(path.read_text()).get("metadata") or {}
-    except yaml.YAMLError:  # a YAML with !function tags; the version is only informative
-        meta = {}
-    return dict(meta)
+    shared = shared_data_dir()
+    return shared / "eval" if shared is not None and (shared / "eval").is_dir() else None
 
 
 def default_cache_dir() -> Path:
@@ -190,57 +96,379 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EARLYEXIT_CACHE", "artifacts")) / "eval"
 
 
-def write_task_configs(
-    tasks: list[str],
-    include_dir: str | Path,
-    cache_dir: str | Path | None = None,
+def _include_dirs(include_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    if include_path in (None, "", []):
+        return []
+    items = [include_path] if isinstance(include_path, str | Path) else list(include_path)
+    dirs = [Path(p).expanduser() for p in items]
+    for d in dirs:
+        if not d.is_dir():
+            raise TaskNotAvailableError(
+                f"task.include_path={str(d)!r} does not exist or is not a folder; expected a folder of "
+                "lm-eval task YAMLs (as for `lm_eval --include_path`)"
+            )
+    return [d.resolve() for d in dirs]
+
+
+def _data_dir(data_dir: str | Path | None) -> Path | None:
+    if data_dir in (None, ""):
+        return default_data_dir()
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise TaskNotAvailableError(
+            f"task.data_dir={str(data_dir)!r} does not exist or is not a folder; expected a folder of "
+            "<task>_<split>.jsonl or .parquet files (e.g. piqa_validation.jsonl)"
+        )
+    return path.resolve()
+
+
+def _truthy(var: str) -> bool:
+    return os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_offline() -> bool:
+    return any(_truthy(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+_probe: list[str | None] = []  # one hub probe per process
+
+
+def _hub_unreachable() -> str | None:
+    if not _probe:
+        from earlyexit.model.loading import hub_unreachable_reason
+
+        _probe.append(hub_unreachable_reason())
+    return _probe[0]
+
+
+def is_offline(offline: bool | None) -> bool:
+    """``task.offline``: null = offline when HF_*_OFFLINE says so or the hub does not answer."""
+    if offline is not None:
+        return bool(offline)
+    if _env_offline():
+        return True
+    reason = _hub_unreachable()
+    if reason is not None:
+        log.warning("the Hugging Face hub cannot be reached (%s): tasks run from local data", reason)
+    return reason is not None
+
+
+def _datasets_offline() -> None:
+    """Make `datasets` read its cache without trying the hub: it reads HF_*_OFFLINE once, at import,
+    and an offline decision may come later (from the hub probe)."""
+    import datasets
+    import huggingface_hub
+
+    datasets.config.HF_HUB_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def _user_tasks(include_dirs: list[Path]) -> dict[str, Any]:
+    """Task name -> lm-eval index entry for the user's YAMLs (single tasks only)."""
+    if not include_dirs:
+        return {}
+    from lm_eval.tasks._index import Kind
+
+    manager = TaskManager(include_path=[str(d) for d in include_dirs], include_defaults=False)
+    return {
+        name: entry
+        for name, entry in manager.task_index.items()
+        if entry.kind in (Kind.TASK, Kind.PY_TASK) and entry.yaml_path is not None
+    }
+
+
+def _build(name: str, config: dict | None, include_dir: str | None = None):
+    """lm-eval's own Task object for ``name``: loads its data and tests one document."""
+    with tempfile.TemporaryDirectory(prefix="earlyexit-task-") as tmp:
+        paths = [include_dir] if include_dir else []
+        if config is not None:
+            Path(tmp, f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            paths.append(tmp)
+        manager = TaskManager(include_path=paths, include_defaults=False)
+        return manager.load([name])["tasks"][name]
+
+
+def _split_of(task) -> str | None:
+    """The split a built lm-eval Task scores."""
+    return scored_split(
+        {"test_split": task.config.test_split, "validation_split": task.config.validation_split}
+    )
+
+
+def _dataset_fingerprint(task) -> str | None:
+    """`datasets`' fingerprint of the scored split (for a cached hub dataset it follows its files)."""
+    try:
+        return str(task.dataset[_split_of(task)]._fingerprint)
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def _columns(path: Path) -> list[str]:
+    """The columns of a local JSONL or Parquet file (first row), for error messages."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import json
+
+        with path.open() as fh:
+            return sorted(json.loads(fh.readline()))
+    except Exception as err:  # unreadable: say so instead
+        return [f"<unreadable: {type(err).__name__}: {err}>"]
+
+
+def _three_ways(name: str, dataset: str, data_dir: Path | None, split: str | None) -> str:
+    where = str(data_dir) if data_dir is not None else "DIR"
+    split = split or "validation"
+    return (
+        f"Provide it one of three ways: (a) run it once with network (lm_eval, or "
+        f"`datasets.load_dataset({dataset!r})`) and copy the Hugging Face datasets cache here "
+        f"(HF_HOME / HF_DATASETS_CACHE), then run offline (HF_DATASETS_OFFLINE=1); (b) put "
+        f"{where}/{name}_{split}.jsonl (or .parquet) with the columns of {dataset} and pass "
+        f"task.data_dir={where}; (c) write your own lm-eval task YAML and pass task.include_path=DIR."
+    )
+
+
+def _unknown(name: str, include_dirs: list[Path]) -> TaskNotAvailableError:
+    close = difflib.get_close_matches(name, lm_eval_task_names(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if include_dirs:
+        where = f"nor in task.include_path ({', '.join(map(str, include_dirs))})"
+    else:
+        where = "no task.include_path is set"
+    return TaskNotAvailableError(
+        f"unknown task {name!r}: lm-eval {lm_eval.__version__} has no task of that name (groups and "
+        f"tags are not accepted: list their tasks), {where}, and it is not {STDLIB_TASK!r}.{hint} "
+        f"Valid: any lm-eval task, e.g. {', '.join(PYTHIA_SUITE)}, or {STDLIB_TASK}."
+    )
+
+
+def _user_task(name: str, yaml_path: Path, include_dirs: list[Path], offline: bool) -> ResolvedTask:
+    """A task from the user's include_path, as registered there (built here when offline)."""
+    folder = next(str(d) for d in include_dirs if yaml_path.resolve().is_relative_to(d))
+    if not offline:
+        return ResolvedTask(name, "include_path", yaml=str(yaml_path), include_dir=folder)
+    try:
+        task = _build(name, None, folder)
+    except Exception as err:
+        raise TaskNotAvailableError(
+            f"task {name!r} from task.include_path={folder!r} ({yaml_path}) cannot be built offline: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return ResolvedTask(
+        name,
+        "include_path",
+        yaml=str(yaml_path),
+        include_dir=folder,
+        split=_split_of(task),
+        data=_dataset_fingerprint(task),
+    )
+
+
+def _resolve_one(
+    name: str, data_dir: Path | None, include_dirs: list[Path], user: dict[str, Any], offline: bool
+) -> ResolvedTask:
+    if name == STDLIB_TASK:
+        return ResolvedTask(name, "stdlib", note="generated from the held-out stdlib corpus")
+    if name in user:
+        return _user_task(name, Path(user[name].yaml_path), include_dirs, offline)
+    path = lm_eval_task_yaml(name)
+    if path is None:
+        raise _unknown(name, include_dirs)
+    standard = {"include": str(path), "task": name}
+    config = task_config(path)
+    dataset = str(config.get("dataset_path"))
+    if config.get("dataset_name"):
+        dataset = f"{dataset}, {config['dataset_name']}"
+    if not offline:
+        return ResolvedTask(name, "hub", yaml=str(path), config=standard, split=scored_split(config))
+    _datasets_offline()
+    try:
+        task = _build(name, standard)
+    except Exception as err:  # not in the datasets cache (ConnectionError, FileNotFoundError, ...)
+        cache_miss = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    else:
+        return ResolvedTask(
+            name,
+            "datasets_cache",
+            yaml=str(path),
+            config=standard,
+            split=scored_split(config),
+            data=_dataset_fingerprint(task),
+        )
+    variant = local_variant(name, path, data_dir) if data_dir is not None else None
+    if variant is not None:
+        file = variant.files[0]
+        try:
+            _build(name, variant.config)
+        except Exception as err:
+            raise TaskNotAvailableError(
+                f"task.data_dir={str(data_dir)!r}: {file.name} does not fit lm-eval's task {name!r} "
+                f"({type(err).__name__}: {err}); the file has columns {_columns(file)}, and the task "
+                f"({path}) reads the columns of the dataset {dataset}"
+            ) from err
+        (log.warning if variant.fallback else log.info)("task %s: %s", name, variant.note)
+        return ResolvedTask(
+            name,
+            "data_dir",
+            yaml=str(path),
+            config=variant.config,
+            files=tuple(str(f) for f in variant.files),
+            split=variant.split,
+            note=variant.note,
+            fallback=variant.fallback,
+        )
+    raise _not_available(name, dataset, config, cache_miss, data_dir, include_dirs)
+
+
+def _not_available(
+    name: str, dataset: str, config: dict, cache_miss: str, data_dir: Path | None, include_dirs: list[Path]
+) -> TaskNotAvailableError:
+    import datasets
+
+    scored = scored_split(config)
+    splits = dict.fromkeys([scored or "validation", "validation"])
+    looked = [p.name for s in splits for p in candidate_files(name, data_dir or Path("DIR"), s)]
+    if data_dir is not None:
+        local = f"task.data_dir={str(data_dir)!r} has none of {', '.join(looked)}"
+    else:
+        local = "no task.data_dir is set (and ../shared/data/eval is absent)"
+    if include_dirs:
+        user = f"task.include_path ({', '.join(map(str, include_dirs))}) registers no task of that name"
+    else:
+        user = "no task.include_path is set"
+    return TaskNotAvailableError(
+        f"task {name!r} cannot be run offline: the Hugging Face datasets cache "
+        f"({datasets.config.HF_DATASETS_CACHE}) has no copy of {dataset} ({cache_miss}); {local}; {user}. "
+        + _three_ways(name, dataset, data_dir, scored)
+    )
+
+
+_memo: dict[tuple, tuple[tuple, list[ResolvedTask]]] = {}
+
+
+def _signature(data_dir: Path | None, include_dirs: list[Path]) -> tuple:
+    """Names, sizes and mtimes of the files a resolution read (the data folder's own files, the
+    include folders' trees): a resolution is reused until one of them changes."""
+    files = [p for p in data_dir.iterdir() if p.is_file()] if data_dir is not None else []
+    files += [p for d in include_dirs for p in d.rglob("*") if p.is_file()]
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files))
+
+
+def resolve_tasks(
+    names: Sequence[str] | str,
     data_dir: str | Path | None = None,
-) -> list[Path]:
-    """Write the YAMLs of the local tasks among ``tasks`` into ``include_dir`` (absolute paths).
+    include_path: str | Path | Sequence[str | Path] | None = None,
+    offline: bool | None = None,
+) -> list[ResolvedTask]:
+    """Resolve every task before anything expensive runs; raises TaskNotAvailableError (a ValueError).
 
-    Relative data paths would resolve against the working directory at evaluation time, so
-    every path in the YAML is absolute.
+    ``offline=None`` means offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE says so, or when the
+    hub does not answer a single short probe. Results are reused within a process while the
+    data and include folders are unchanged.
     """
-    from earlyexit.data.paths import shared_data_dir
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise TaskNotAvailableError(f"no tasks given; e.g. {', '.join(PYTHIA_SUITE)}, or {STDLIB_TASK}")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise TaskNotAvailableError(f"task.names holds {bad!r}; each must be a task name")
+    import datasets
 
-    if data_dir is None:
-        shared = shared_data_dir()
-        data_dir = shared / "eval" if shared is not None else None
-    data = Path(data_dir) if data_dir is not None else None
-    written = []
-    for name in tasks:
-        if name in LOCAL_TASKS:
-            config = _local_config(LOCAL_TASKS[name], data)
-        elif name == STDLIB_TASK:
-            cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            config = stdlib_task_config(cache, _lm_eval_yaml("lambada/lambada_openai.yaml"))
-        else:
-            continue
-        path = Path(include_dir) / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        written.append(path)
-    return written
+    include_dirs = _include_dirs(include_path)
+    folder = _data_dir(data_dir)
+    user = _user_tasks(include_dirs)
+    for name in names:  # a typo fails at once, before the hub is probed or anything is built
+        if name != STDLIB_TASK and name not in user and lm_eval_task_yaml(name) is None:
+            raise _unknown(name, include_dirs)
+    needs_data = any(n != STDLIB_TASK for n in names)
+    mode = is_offline(offline) if needs_data else True
+    key = (
+        tuple(names),
+        str(folder),
+        tuple(map(str, include_dirs)),
+        mode,
+        str(datasets.config.HF_DATASETS_CACHE),
+    )
+    signature = _signature(folder, include_dirs) if needs_data else ()
+    cached = _memo.get(key)
+    if cached is not None and cached[0] == signature:
+        return list(cached[1])
+    resolved = [_resolve_one(n, folder, include_dirs, user, mode) for n in dict.fromkeys(names)]
+    _memo[key] = (signature, resolved)
+    return list(resolved)
+
+
+def validate_tasks(names: Sequence[str] | str, **kwargs: Any) -> list[ResolvedTask]:
+    """`resolve_tasks`, named for what the runner uses it for: failing before any model loads."""
+    return resolve_tasks(names, **kwargs)
+
+
+def _sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def task_identity(tasks: Sequence[ResolvedTask], cache_dir: str | Path | None = None) -> list[dict]:
+    """What each task's scores depend on, for the accuracy cache key: the task YAML's content,
+    the source, the scored split and the data's content (file hashes, or the dataset fingerprint),
+    never a file name alone."""
+    out = []
+    for task in tasks:
+        item: dict[str, Any] = {"name": task.name, "source": task.source, "split": task.split}
+        if task.yaml:
+            item["yaml"] = _sha256(task.yaml)
+        if task.source == "stdlib":
+            config = _stdlib_config(cache_dir)
+            item["data"] = _sha256(config["dataset_kwargs"]["data_files"]["test"])
+        elif task.files:
+            item["data"] = [_sha256(f) for f in task.files]
+        elif task.data:
+            item["data"] = task.data
+        out.append(item)
+    return out
+
+
+def _stdlib_config(cache_dir: str | Path | None) -> dict[str, Any]:
+    lambada = lm_eval_task_yaml("lambada_openai")
+    if lambada is None:
+        raise RuntimeError(f"lm-eval {lm_eval.__version__} has no lambada_openai task to borrow metrics from")
+    cache = Path(cache_dir) / "eval" if cache_dir is not None else default_cache_dir()
+    return stdlib_task_config(cache, lambada)
 
 
 def evaluate(
     lm: lm_eval.api.model.LM,
-    tasks: list[str],
+    tasks: Sequence[ResolvedTask] | Sequence[str] | str,
     limit: int | None = None,
     offline: bool | None = None,
     cache_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
+    include_path: str | Path | Sequence[str | Path] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run lm-eval tasks (zero-shot) on ``lm``; returns ``{task: {metric: value}}`` as plain floats.
 
-    Task names are checked first (ValueError lists the valid ones). Results are keyed by the
-    task actually run, so an offline ``piqa`` comes back as ``piqa_local``.
+    ``tasks`` are names (resolved here; errors name the task and how to provide it) or the
+    output of `resolve_tasks`. ``cache_dir`` is the run's cache (``stdlib_lambada`` data lives
+    in its ``eval/``).
     """
-    names = resolve_tasks(tasks, offline)
-    needs_defaults = any(n in STANDARD_TASKS for n in names)
+    if isinstance(tasks, str) or not all(isinstance(t, ResolvedTask) for t in tasks):
+        tasks = resolve_tasks(tasks, data_dir=data_dir, include_path=include_path, offline=offline)  # type: ignore[arg-type]
+    resolved: list[ResolvedTask] = list(tasks)  # type: ignore[arg-type]
+    if any(t.source in ("datasets_cache", "data_dir") for t in resolved):
+        _datasets_offline()
+    names = [t.name for t in resolved]
+    for task in resolved:
+        if task.fallback:
+            log.warning("task %s: %s", task.name, task.note)
     with tempfile.TemporaryDirectory(prefix="earlyexit-tasks-") as include_dir:
-        write_task_configs(names, include_dir, cache_dir=cache_dir, data_dir=data_dir)
-        # Indexing lm-eval's own ~15k task YAMLs takes ~10 s: only when a standard task needs it.
-        manager = TaskManager(include_path=include_dir, include_defaults=needs_defaults)
+        for task in resolved:
+            config = _stdlib_config(cache_dir) if task.source == "stdlib" else task.config
+            if config is not None:
+                Path(include_dir, f"{task.name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        user = list(dict.fromkeys(t.include_dir for t in resolved if t.include_dir))
+        manager = TaskManager(include_path=[*user, include_dir], include_defaults=False)
         missing = [n for n in names if n not in manager.all_tasks]
         if missing:
             raise RuntimeError(f"lm-eval did not register task(s) {missing} (a task config failed to parse)")

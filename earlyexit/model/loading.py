@@ -9,7 +9,11 @@ alone (random weights), which is what tests and timing runs on offline machines 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -80,6 +84,14 @@ _PYTHIA_ROTARY_PCT = 0.25
 _PYTHIA_ROTARY_BASE = 10000.0
 
 
+# The training checkpoints every Pythia repository holds as branches (Biderman et al. 2023):
+# step0, log-spaced steps 1..512, then every 1000 steps to 143000 (= main).
+PYTHIA_STEPS = (0, *(2**i for i in range(10)), *range(1000, 143001, 1000))
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Pythia's released weights are float16 (its hub config.json says so): model.dtype=auto on CUDA.
+PYTHIA_DTYPE = "float16"
+
+
 def pythia_names() -> list[str]:
     """The accepted model names, e.g. ``pythia-410m``, smallest first."""
     return [f"pythia-{size}" for size in PYTHIA_SIZES]
@@ -122,6 +134,30 @@ def pythia_config(name: str, **overrides: Any) -> GPTNeoXConfig:
     return GPTNeoXConfig(**kwargs)
 
 
+def check_revision(name_or_path: str, revision: str | None) -> None:
+    """Reject a revision that cannot exist, before anything loads: local models have none, and a
+    Pythia repository holds ``main``, ``step0`` ... ``step143000`` (PYTHIA_STEPS) and commits."""
+    if revision is None:
+        return
+    revision = str(revision)
+    source = resolve_model(name_or_path)
+    if Path(source).expanduser().is_dir() or _looks_like_path(source):
+        raise ValueError(
+            f"model.revision={revision!r} applies to hub models only; {name_or_path!r} is a local model "
+            "(leave model.revision unset, or point model.name at the directory of that revision)"
+        )
+    if pythia_size(name_or_path) is None or revision == "main" or _COMMIT.match(revision):
+        return  # other hub models: any branch, tag or commit; the hub (or the cache) decides
+    step = revision.removeprefix("step")
+    if revision.startswith("step") and step.isdigit() and int(step) in PYTHIA_STEPS:
+        return
+    raise ValueError(
+        f"model.revision={revision!r} is not a revision of {source}; valid: main, a 40-character "
+        "commit hash, or a training checkpoint: step0, step1, step2, step4 ... step512, "
+        "step1000, step2000 ... step143000"
+    )
+
+
 def resolve_model(name_or_path: str) -> str:
     """Turn a model name into what ``from_pretrained`` takes: a local directory or a hub id.
 
@@ -143,22 +179,88 @@ def load_model(
     name_or_path: str = DEFAULT_MODEL,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
+    revision: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM (eval mode, SDPA attention) and its tokenizer.
+    """Load a causal LM (eval mode, SDPA attention) and its tokenizer, at a hub ``revision`` if given.
 
     Raises ModelNotAvailableError quickly when the model is not on disk and cannot be downloaded.
     """
-    model = _from_pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype, attn_implementation="sdpa")
+    check_revision(name_or_path, revision)
+    model = _from_pretrained(
+        AutoModelForCausalLM, name_or_path, revision=revision, dtype=dtype, attn_implementation="sdpa"
+    )
     if name_or_path == DEFAULT_MODEL:
         model.config._name_or_path = EMBEDDED_MODEL_ID
     model.to(device)
     model.eval()
-    return model, load_tokenizer(name_or_path)
+    return model, load_tokenizer(name_or_path, revision)
 
 
-def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, revision: str | None = None) -> PreTrainedTokenizerBase:
     """Load the tokenizer that belongs to a model name or path, with the same offline rules."""
-    return _from_pretrained(AutoTokenizer, name_or_path)
+    return _from_pretrained(AutoTokenizer, name_or_path, revision=revision)
+
+
+def _cached_hub_file(hub_id: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a hub repository in the local Hugging Face cache (no network), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, filename, revision=revision or "main")
+    return Path(found) if isinstance(found, str) else None
+
+
+def native_dtype(name_or_path: str, revision: str | None = None) -> str | None:
+    """The dtype a model was saved in, from its config alone (no weights, no network), or None.
+
+    Pythia is float16 even where its config is not cached yet; other hub models are read from
+    the local cache, local directories from their config.json.
+    """
+    source = resolve_model(name_or_path)
+    path = Path(source).expanduser()
+    config = path / "config.json" if path.is_dir() else _cached_hub_file(source, "config.json", revision)
+    if config is not None and config.is_file():
+        data = json.loads(config.read_text())
+        dtype = data.get("dtype") or data.get("torch_dtype")
+        if isinstance(dtype, str):
+            return dtype.removeprefix("torch.")
+    return PYTHIA_DTYPE if pythia_size(name_or_path) is not None else None
+
+
+def model_fingerprint(name_or_path: str, revision: str | None = None) -> dict[str, str]:
+    """What a loaded model *is*, for cache keys: a hub model's id and the commit its revision
+    resolved to in the local cache; a local directory's (and the embedded model's) content hash.
+
+    A name alone is not enough: ``main`` moves, ``stepN`` checkpoints differ, and a local
+    directory can be overwritten with other weights under the same path.
+    """
+    source = resolve_model(name_or_path)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return {"weights": directory_fingerprint(path)}
+    config = _cached_hub_file(source, "config.json", revision)
+    commit = config.parent.name if config is not None else None
+    return {"hub_id": source, "revision": revision or "main", "commit": commit or "unknown"}
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def directory_fingerprint(path: Path) -> str:
+    """SHA-256 over a model directory's config.json and weight files (names and bytes)."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and (file.name == "config.json" or file.suffix in _WEIGHT_SUFFIXES):
+            stat = file.stat()
+            content = _file_sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+            digest.update(f"{file.name}\0{content}\0".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's content hash; memoised per (path, size, mtime) so a multirun hashes large weights once."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def shared_pythia_tokenizer() -> PreTrainedTokenizerFast:
@@ -220,7 +322,7 @@ def _looks_like_path(name: str) -> bool:
     return os.sep != "/" and os.sep in name
 
 
-def _from_pretrained(loader: Any, name_or_path: str, **kwargs: Any) -> Any:
+def _from_pretrained(loader: Any, name_or_path: str, revision: str | None = None, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` that fails fast and clearly instead of retrying a dead hub."""
     source = resolve_model(name_or_path)
     if name_or_path == DEFAULT_MODEL and not EMBEDDED_MODEL_DIR.is_dir():
@@ -232,11 +334,13 @@ def _from_pretrained(loader: Any, name_or_path: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(str(Path(source).expanduser()), **kwargs)
     if _looks_like_path(source):
         raise ModelNotAvailableError(f"model directory {source!r} does not exist")
+    if revision is not None:
+        kwargs["revision"] = revision
     local = {"local_files_only": True}
     if loader is AutoModelForCausalLM:
         # With peft installed (lm-eval pulls it in), transformers looks up adapter_config.json
         # on the hub without forwarding local_files_only, retrying for ~20 s offline.
-        local["adapter_kwargs"] = {"local_files_only": True}
+        local["adapter_kwargs"] = {"local_files_only": True, **({"revision": revision} if revision else {})}
     try:
         return loader.from_pretrained(source, **local, **kwargs)
     except OSError as err:
@@ -247,22 +351,24 @@ def _from_pretrained(loader: Any, name_or_path: str, **kwargs: Any) -> Any:
         probe = hub_unreachable_reason()
         reason = None if probe is None else f"the hub {hub_endpoint()} cannot be reached ({probe})"
     if reason is not None:
-        raise ModelNotAvailableError(_how_to_get(name_or_path, source, reason)) from local_error
+        raise ModelNotAvailableError(_how_to_get(name_or_path, source, reason, revision)) from local_error
     try:
         return loader.from_pretrained(source, **kwargs)
     except OSError as err:  # e.g. a proxy that answers the probe but serves no models
         reason = f"downloading failed ({err})"
-        raise ModelNotAvailableError(_how_to_get(name_or_path, source, reason)) from err
+        raise ModelNotAvailableError(_how_to_get(name_or_path, source, reason, revision)) from err
 
 
-def _how_to_get(name: str, hub_id: str, reason: str) -> str:
+def _how_to_get(name: str, hub_id: str, reason: str, revision: str | None = None) -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     label = f"{name!r} (hub id {hub_id})" if name != hub_id else repr(hub_id)
+    at = f" at revision {revision!r}" if revision else ""
+    args = f"{hub_id} --revision {revision}" if revision else hub_id
     return (
-        f"model {label} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and {reason}. "
-        f"To get it: on a machine with network run `hf download {hub_id}` "
-        f"(older huggingface_hub: `huggingface-cli download {hub_id}`), then copy that machine's "
+        f"model {label}{at} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and {reason}. "
+        f"To get it: on a machine with network run `hf download {args}` "
+        f"(older huggingface_hub: `huggingface-cli download {args}`), then copy that machine's "
         f"Hugging Face cache here or point HF_HOME at a copy of it; or download with "
         f"`--local-dir DIR` and pass DIR as the model. The embedded default model ('{DEFAULT_MODEL}') "
         f"and Pythia shapes with random weights (earlyexit.loading.pythia_config) need no download."

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
-import lm_eval
 import pytest
 import torch
-import yaml
 from conftest import tiny_gpt_neox
 from lm_eval.api.instance import Instance
 from torch.nn import functional as F
@@ -21,15 +18,7 @@ from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.lm_eval_model import EarlyExitLM, early_exit_logits
 from earlyexit.harness.stdlib_task import stdlib_lambada_examples
-from earlyexit.harness.tasks import (
-    LOCAL_TASKS,
-    STANDARD_TASKS,
-    STDLIB_TASK,
-    evaluate,
-    resolve_tasks,
-    validate_tasks,
-    write_task_configs,
-)
+from earlyexit.harness.tasks import STDLIB_TASK, evaluate
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
@@ -226,63 +215,8 @@ def test_generate_until_respects_until_and_max_gen_toks(embedded):
     assert isinstance(text, str) and "\n\n" not in text and 0 < ee.positions <= 16
 
 
-# ----------------------------------------------------------------------------- tasks
-
-
-def test_unknown_task_names_list_the_valid_ones(embedded):
-    with pytest.raises(ValueError) as err:
-        validate_tasks(["piqa", "no_such_task"])
-    message = str(err.value)
-    assert "no_such_task" in message
-    for name in [*STANDARD_TASKS, *LOCAL_TASKS, STDLIB_TASK]:
-        assert name in message
-    lm = EarlyExitLM(*embedded, None, disable_tqdm=True)
-    with pytest.raises(ValueError, match="no_such_task"):
-        evaluate(lm, ["no_such_task"], offline=True)
-
-
-def test_standard_tasks_exist_in_lm_eval():
-    """Index only their folders (all of lm-eval's ~15k YAMLs take ~10 s)."""
-    from lm_eval.tasks import TaskManager
-
-    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
-    folders = ["lambada", "piqa", "arc", "sciq", "hellaswag", "winogrande"]
-    manager = TaskManager(include_path=[tasks_dir / f for f in folders], include_defaults=False)
-    assert set(STANDARD_TASKS) <= set(manager.all_subtasks)
-
-
-def test_offline_maps_standard_tasks_to_local_variants():
-    assert resolve_tasks(["piqa", STDLIB_TASK], offline=True) == ["piqa_local", STDLIB_TASK]
-    assert resolve_tasks(["piqa"], offline=False) == ["piqa"]
-    with pytest.raises(ValueError, match="hellaswag"):
-        resolve_tasks(["hellaswag"], offline=True)
-
-
-def test_local_task_configs_reuse_lm_evals_own(tmp_path):
-    """Prompt, target, choices and metrics come from lm-eval's YAML; only the data moves."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for task in LOCAL_TASKS.values():
-        (data / task.data_file).write_text("{}\n")
-    written = write_task_configs(list(LOCAL_TASKS), tmp_path, data_dir=data)
-    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
-    for path in written:
-        ours = load_yaml(path, resolve_func=False)
-        task = LOCAL_TASKS[ours["task"]]
-        theirs = yaml.safe_load((tasks_dir / task.base).read_text())
-        for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "output_type"):
-            assert ours.get(key) == theirs.get(key), (task.name, key)
-        data_file = ours["dataset_kwargs"]["data_files"][task.split]
-        assert ours["dataset_path"] == "json" and Path(data_file).is_absolute()
-        assert ours[f"{task.split}_split"] == task.split and ours["test_split"] in (None, "test")
-        assert ours["tag"] == []
-
-
-def test_missing_local_data_names_file_and_task(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"arc_easy_local.*arc_easy_validation\.jsonl"):
-        write_task_configs(["arc_easy_local"], tmp_path, data_dir=tmp_path / "absent")
+# ----------------------------------------------------------------------------- stdlib_lambada
+# (every other task's resolution and local files: tests/harness/test_tasks.py)
 
 
 def test_stdlib_lambada_examples_are_deterministic():
@@ -340,20 +274,28 @@ def test_stdlib_lambada_accuracy_by_hand_and_falling_with_earlier_exits(embedded
     assert ppl == sorted(ppl) and ppl[0] < ppl[1] < ppl[2], scores
 
 
+LOCAL_FILES = {
+    "lambada_openai": "lambada_openai_test.jsonl",
+    "piqa": "piqa_validation.jsonl",
+    "arc_easy": "arc_easy_validation.jsonl",
+    "sciq": "sciq_validation.jsonl",
+}
+
+
 @pytest.mark.skipif(
     shared_data_dir() is None
-    or not all((shared_data_dir() / "eval" / t.data_file).is_file() for t in LOCAL_TASKS.values()),
+    or not all((shared_data_dir() / "eval" / f).is_file() for f in LOCAL_FILES.values()),
     reason="../shared/data/eval with the lambada/piqa/arc_easy/sciq JSONL files is absent on this machine",
 )
 def test_local_tasks_run(embedded, cache_dir):
     lm = EarlyExitLM(*embedded, None, disable_tqdm=True)
-    results = evaluate(lm, list(LOCAL_TASKS), limit=5, offline=True, cache_dir=cache_dir)
-    assert set(results) == set(LOCAL_TASKS)
+    data = shared_data_dir() / "eval"
+    results = evaluate(lm, list(LOCAL_FILES), limit=5, offline=True, cache_dir=cache_dir, data_dir=data)
+    assert set(results) == set(LOCAL_FILES)
     for task, metrics in results.items():
         assert "acc" in metrics, task
         assert all(math.isfinite(v) for v in metrics.values()), (task, metrics)
     adapter, tok = embedded
-    data = shared_data_dir() / "eval"
 
     def first(name: str) -> list[dict]:
         return [json.loads(line) for line in (data / name).read_text().splitlines()[:5]]
@@ -361,17 +303,17 @@ def test_local_tasks_run(embedded, cache_dir):
     # piqa by hand: two choices after "Question: ...\nAnswer:"; acc by summed log-likelihood,
     # acc_norm by log-likelihood per character of the choice.
     acc = acc_norm = 0
-    for doc in first(LOCAL_TASKS["piqa_local"].data_file):
+    for doc in first(LOCAL_FILES["piqa"]):
         choices = [doc["sol1"], doc["sol2"]]
         context = f"Question: {doc['goal']}\nAnswer:"
         lls = [hand_pair(adapter, tok, context, " " + c)[0] for c in choices]
         acc += max(range(2), key=lambda i: lls[i]) == doc["label"]
         acc_norm += max(range(2), key=lambda i: lls[i] / len(choices[i])) == doc["label"]
-    assert results["piqa_local"]["acc"] == pytest.approx(acc / 5)
-    assert results["piqa_local"]["acc_norm"] == pytest.approx(acc_norm / 5)
+    assert results["piqa"]["acc"] == pytest.approx(acc / 5)
+    assert results["piqa"]["acc_norm"] == pytest.approx(acc_norm / 5)
     # lambada by hand: the last word after the rest of the passage; greedy match and perplexity.
-    words = [doc["text"].split(" ") for doc in first(LOCAL_TASKS["lambada_openai_local"].data_file)]
+    words = [doc["text"].split(" ") for doc in first(LOCAL_FILES["lambada_openai"])]
     hand = [hand_pair(adapter, tok, " ".join(w[:-1]), " " + w[-1]) for w in words]
-    assert results["lambada_openai_local"]["acc"] == pytest.approx(sum(g for _, g in hand) / 5)
+    assert results["lambada_openai"]["acc"] == pytest.approx(sum(g for _, g in hand) / 5)
     want_ppl = math.exp(-sum(ll for ll, _ in hand) / 5)
-    assert results["lambada_openai_local"]["perplexity"] == pytest.approx(want_ppl, rel=1e-4)
+    assert results["lambada_openai"]["perplexity"] == pytest.approx(want_ppl, rel=1e-4)

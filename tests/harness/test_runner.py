@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY_RUN
+from eval_data import write_suite
 from hydra import compose, initialize_config_dir
 from transformers import GPTNeoXForCausalLM
 
@@ -40,11 +41,14 @@ def config(*overrides: str):
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_config_in_every_group_composes_and_validates(group):
+def test_every_config_in_every_group_composes_and_validates(group, tmp_path, monkeypatch):
     options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
     assert len(options) >= 2
+    # Offline, every task config must resolve before any model loads: here from tiny local files.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = [f"task.data_dir={write_suite(tmp_path)}"] if group == "task" else []
     for option in options:
-        cfg = config(f"{group}={option}")
+        cfg = config(f"{group}={option}", *data)
         validate(cfg)
 
 

@@ -196,3 +196,90 @@ def test_embedded_default_model_loads() -> None:
         logits = model(ids).logits
     assert logits.shape[:2] == ids.shape
     assert torch.isfinite(logits).all()
+
+
+# ----------------------------------------------------------------------------- revisions and identity
+
+
+def _tiny_pythia(seed: int) -> GPTNeoXForCausalLM:
+    torch.manual_seed(seed)
+    config = pythia_config("410m", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=7)
+    return GPTNeoXForCausalLM(config).eval()
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline Hugging Face hub cache holding EleutherAI/pythia-410m at main and at step1000."""
+    from hub_cache import save_hub_model
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(transformers.utils.hub, "HF_HUB_CACHE", str(cache), raising=False)
+    tokenizer = _word_tokenizer()
+    save_hub_model(cache, "EleutherAI/pythia-410m", _tiny_pythia(0), tokenizer, "a" * 40, refs=("main",))
+    save_hub_model(cache, "EleutherAI/pythia-410m", _tiny_pythia(1), tokenizer, "b" * 40, refs=("step1000",))
+    return cache
+
+
+def _word_tokenizer() -> PreTrainedTokenizerFast:
+    words = ["<|endoftext|>", "the", "cat", "sat", "on", "mat", "[UNK]"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="[UNK]")
+
+
+def test_revision_loads_that_checkpoint_and_is_identified_by_its_commit(hub_cache: Path) -> None:
+    ids = torch.tensor([[1, 2, 3, 4]])
+    main, _ = load_model("pythia-410m")
+    step, tokenizer = load_model("pythia-410m", revision="step1000")
+    with torch.no_grad():
+        assert torch.equal(main(ids).logits, _tiny_pythia(0)(ids).logits)
+        assert torch.equal(step(ids).logits, _tiny_pythia(1)(ids).logits)
+    assert tokenizer("the cat").input_ids == [1, 2]
+    assert loading.model_fingerprint("pythia-410m") == {
+        "hub_id": "EleutherAI/pythia-410m",
+        "revision": "main",
+        "commit": "a" * 40,
+    }
+    assert loading.model_fingerprint("pythia-410m", "step1000")["commit"] == "b" * 40
+
+
+def test_a_revision_missing_offline_says_how_to_get_it(hub_cache: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match="download EleutherAI/pythia-410m --revision step2000"):
+        load_model("pythia-410m", revision="step2000")
+
+
+@pytest.mark.parametrize(
+    ("name", "revision", "message"),
+    [
+        ("pythia-410m", "step999", r"model.revision='step999' is not a revision of EleutherAI/pythia-410m"),
+        ("pythia-70m", "latest", "step0, step1, step2, step4 ... step512, step1000"),
+        ("embedded", "step1000", "applies to hub models only"),
+    ],
+)
+def test_bad_revisions_fail_before_loading(name: str, revision: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        loading.check_revision(name, revision)
+
+
+def test_good_revisions_pass() -> None:
+    for revision in (None, "main", "step0", "step512", "step1000", "step143000", "f" * 40):
+        loading.check_revision("pythia-410m", revision)
+    loading.check_revision("org/other-model", "any-branch")  # other hubs decide for themselves
+
+
+def test_a_local_directory_is_identified_by_its_weights(tmp_path: Path) -> None:
+    _save_tiny_model(tmp_path / "a")
+    _save_tiny_model(tmp_path / "b")  # the same weights (seed 0) at another path
+    first = loading.model_fingerprint(str(tmp_path / "a"))
+    assert first == loading.model_fingerprint(str(tmp_path / "b"))
+    torch.manual_seed(1)
+    model = GPTNeoXForCausalLM.from_pretrained(tmp_path / "a")
+    model.gpt_neox.embed_in.weight.data.add_(1.0)
+    model.save_pretrained(tmp_path / "a")  # other weights under the same path
+    assert loading.model_fingerprint(str(tmp_path / "a")) != first

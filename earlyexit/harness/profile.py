@@ -5,12 +5,16 @@ so a run's time per token is explained part by part and can be predicted on anot
 from that device's profile. Measured per device x dtype x model shape x head architecture x
 graphs on/off (``profile_identity``); stored as JSON and cached like the heads.
 
-Measured, each as the median of repeated timed calls after untimed warm-up:
-- a segment of n layers at rows 1..R and a few KV lengths (timed at n = 1 and n = L, so
-  segment time = fixed + n x per-layer, both per (rows, KV length));
-- the unembedding (final norm + output matmul) at rows 1..R;
+Measured in rounds that call every component once (so drift on a shared machine lands on all
+of them alike), each the median over rounds after untimed warm-up rounds:
+- a segment of n layers at rows 1..R and a few KV lengths: segment time = fixed + n x
+  per-layer, both per (rows, KV length), from all L layers run as one segment and as L
+  one-layer segments (the difference is L - 1 segments' fixed cost); both stream every
+  layer's weights as decoding does, where a lone layer timed on repeat would stay in cache;
+- the unembedding (final norm + output matmul) at rows 1..R, and
 - one head's matmul, and one whole exit decision per metric (head + metric + threshold + host
-  read, through ``ThresholdPolicy`` exactly as decoding calls it);
+  read, through ``ThresholdPolicy`` exactly as decoding calls it), each timed right after an
+  untimed pass through every layer, as in decoding, where the layers push them out of cache;
 - the fixed cost per engine pass: one full-depth decode step through the decode loop
   (``Run.forward`` + the greedy pick) minus its priced segment and unembedding.
 """
@@ -18,8 +22,11 @@ Measured, each as the median of repeated timed calls after untimed warm-up:
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +39,8 @@ from earlyexit.exits.confidence import METRICS
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.artifacts import artifact_key
-from earlyexit.harness.timing import time_call
 from earlyexit.model.adapter import ModelAdapter
+from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
 
@@ -193,53 +200,93 @@ def measure_profile(
     rows = list(range(1, max_rows + 1))
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(max_rows, adapter.hidden_size, generator=gen).to(device=device, dtype=adapter.dtype)
-    total = len(rows) * len(kv_lengths) * 2 + len(rows) + 2 + len(METRICS)
-    bar = tqdm(total=total, desc="cost profile", disable=not progress)
 
-    def timed(fn: Callable[[], object]) -> float:
-        bar.update()
-        return 1e3 * time_call(fn, device, warmup, repeats)["median_s"]
-
-    def segment(layers: int, r: int, kv: int) -> Callable[[], object]:
+    def whole(r: int, kv: int) -> Callable[[], object]:
         positions = list(range(kv - r, kv))
-        return lambda: engine._run_segment(0, layers - 1, hidden[:r], positions)
+        return lambda: engine._run_segment(0, L - 1, hidden[:r], positions)
 
-    fixed, per_layer = [], []
-    with engine._attention():
-        for r in rows:
-            fixed.append([]), per_layer.append([])
-            for kv in kv_lengths:
-                one = timed(segment(1, r, kv))
-                every = timed(segment(L, r, kv)) if L > 1 else one
-                layer = (every - one) / (L - 1) if L > 1 else one
-                per_layer[-1].append(layer)
-                fixed[-1].append(one - layer)
-        unembed = [timed(lambda r=r: engine._unembed(hidden[:r])) for r in rows]
+    def split(r: int, kv: int) -> Callable[[], object]:
+        positions = list(range(kv - r, kv))
+        return lambda: [engine._run_segment(i, i, hidden[:r], positions) for i in range(L)]
+
+    # All L layers as one segment and as L one-layer segments: both stream every layer's
+    # weights, as decoding does (a lone layer timed on repeat would stay in cache).
+    calls: dict[tuple, Callable[[], object]] = {}
+    for r in rows:
+        for kv in kv_lengths:
+            calls[("whole", r, kv)] = whole(r, kv)
+            calls[("split", r, kv)] = split(r, kv)
+    # Heads and the unembedding run right after layers in decoding, their weights pushed out
+    # of cache by the layers': each is timed after an untimed pass through every layer.
+    mid = kv_lengths[len(kv_lengths) // 2]
+    flush = whole(1, mid)
+    cold: dict[tuple, Callable[[], object]] = {
+        ("unembed", r): partial(engine._unembed, hidden[:r]) for r in rows
+    }
     layer0 = heads.layers[0]
-    head_graphs = GraphCache(graphs) if graphs is not None else None
-    previous, heads.graphs = heads.graphs, head_graphs
+    cold[("head",)] = partial(heads, layer0, hidden[0])
+    for name in METRICS:  # a threshold no score reaches: the common case, a head that does not fire
+        cold[("decision", name)] = partial(ThresholdPolicy(heads, name, {layer0: 1e30}), layer0, hidden[0])
+    for key, fn in cold.items():
+        calls[("flush", *key)] = flush
+        calls[key] = fn
+    calls[("step",)] = _decode_step(engine, mid)
+    previous, heads.graphs = heads.graphs, (GraphCache(graphs) if graphs is not None else None)
     try:
-        head = timed(lambda: heads(layer0, hidden[0]))
-        # A threshold no score reaches: the common case, a head that does not fire.
-        policies = {name: ThresholdPolicy(heads, name, {layer0: 1e30}) for name in METRICS}
-        decisions = {name: timed(lambda p=p: p(layer0, hidden[0])) for name, p in policies.items()}
+        with engine._attention():
+            ms = _interleaved_ms(calls, device, warmup, repeats, progress)
     finally:
         heads.graphs = previous
-    pass_fixed = _pass_step_ms(engine, kv_lengths[len(kv_lengths) // 2], timed)
-    bar.close()
+    def segment_cost(r: int, kv: int) -> float:  # L - 1 more segments, same layers
+        return max(0.0, ms["split", r, kv] - ms["whole", r, kv]) / max(1, L - 1)
+
+    fixed = [[segment_cost(r, kv) for kv in kv_lengths] for r in rows]
+    per_layer = [[(ms["whole", r, kv] - segment_cost(r, kv)) / L for kv in kv_lengths] for r in rows]
     identity = profile_identity(adapter, heads, graphs is not None, device_name)
-    profile = CostProfile(identity, rows, kv_lengths, fixed, per_layer, unembed, head, decisions, 0.0)
-    mid = kv_lengths[len(kv_lengths) // 2]
+    profile = CostProfile(
+        identity,
+        rows,
+        kv_lengths,
+        fixed,
+        per_layer,
+        [ms["unembed", r] for r in rows],
+        ms["head",],
+        {name: ms["decision", name] for name in METRICS},
+        0.0,
+    )
     priced = profile.segment_ms(L, 1, _graph_kv(engine, mid)) + profile.unembedding_ms(1)
-    profile.pass_fixed_ms = max(0.0, pass_fixed - priced)
+    profile.pass_fixed_ms = max(0.0, ms["step",] - priced)
     return profile
+
+
+def _interleaved_ms(
+    calls: dict[tuple, Callable[[], object]], device: torch.device, warmup: int, repeats: int, progress: bool
+) -> dict[tuple, float]:
+    """Median ms of each call, timed in rounds that call every component once.
+
+    Why rounds: a profile's numbers are subtracted from each other (segment and per-pass
+    costs are differences), and on a shared machine load drifts over seconds; timing the
+    components side by side puts the drift on all of them alike.
+    """
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[tuple, list[float]] = {key: [] for key in calls}
+    for _ in tqdm(range(repeats), desc="cost profile", disable=not progress):
+        for key, fn in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: 1e3 * statistics.median(t) for key, t in times.items()}
 
 
 def _graph_kv(engine: ExitEngine, kv: int) -> int:
     return kv_bucket(kv, engine.max_len) if engine.graphs is not None else kv
 
 
-def _pass_step_ms(engine: ExitEngine, mid: int, timed: Callable[[Callable[[], object]], float]) -> float:
+def _decode_step(engine: ExitEngine, mid: int) -> Callable[[], None]:
     """One full-depth decode step as decoding runs it: Run.forward on one token + greedy pick."""
     prompt = torch.zeros(mid - 1, dtype=torch.long)
     run = Run(engine, prompt, DecodeSettings(max_new_tokens=1), exit_layers=[])
@@ -250,4 +297,4 @@ def _pass_step_ms(engine: ExitEngine, mid: int, timed: Callable[[Callable[[], ob
         engine.truncate(mid - 1)
         greedy(run.forward(token).logits)
 
-    return timed(step)
+    return step

@@ -34,7 +34,6 @@ class DecodeStats:
     drafted: int = 0
     accepted: int = 0
     verifications: int = 0
-    layer_rows: int = 0  # decode passes (not prefill): sum of layers computed x rows in the pass
     flops: int = 0  # decode passes (not prefill): analytic FLOPs of layers, attention, unembedding, heads
     exit_histogram: Counter = field(default_factory=Counter)  # exit layer -> passes
     trace: TraceCounts = field(default_factory=TraceCounts)  # decode passes' work, as counts
@@ -48,6 +47,11 @@ class DecodeStats:
     @property
     def accepted_per_verification(self) -> float:
         return self.accepted / self.verifications if self.verifications else float("nan")
+
+    @property
+    def layer_rows(self) -> int:
+        """Decode passes (not prefill): sum of layers computed x rows in the pass."""
+        return self.trace.layer_rows
 
     @property
     def layers_per_token(self) -> float:
@@ -144,7 +148,6 @@ class Run:
     def forward(self, ids: torch.Tensor, exit_check=None) -> StepOutput:
         out = self.engine.forward(ids, exit_check)
         self.stats.forward_passes += 1
-        self.stats.layer_rows += out.layer_rows
         self.stats.flops += out.flops
         self.stats.exit_histogram[out.exit_layer] += 1
         self.stats.trace.add(out.trace)

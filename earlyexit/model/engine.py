@@ -55,9 +55,13 @@ class StepOutput:
     exit_layer: int  # layer whose output produced `logits`; num_layers - 1 for full depth
     final_logits: torch.Tensor | None = None  # [rows, V] when the pass reached full depth
     final_positions: list[int] = field(default_factory=list)  # positions of those rows
-    layer_rows: int = 0  # sum over computed layers of rows processed (cost accounting)
     flops: int = 0  # analytic FLOPs of this pass (layers, attention, unembedding; heads count their own)
     trace: PassTrace = field(default_factory=PassTrace)  # what the pass computed, as counts
+
+    @property
+    def layer_rows(self) -> int:
+        """Sum over computed layers of the rows each processed (cost accounting)."""
+        return self.trace.layer_rows
 
 
 class ExitEngine:
@@ -100,13 +104,12 @@ class ExitEngine:
         self._attention = (
             partial(sdpa_kernel, CUDA_ATTENTION) if adapter.device.type == "cuda" else nullcontext
         )
-        # FLOPs bookkeeping is plain integer arithmetic per segment: prefix sums of the layers'
-        # matmul FLOPs, and attention FLOPs per key per row per layer.
+        # A pass's FLOPs follow from its trace, once per pass: prefix sums of the layers' matmul
+        # FLOPs, and attention FLOPs per key per row per layer.
         layer_flops = [linear_flops(layer) for layer in adapter.layers]
         self._flops_prefix = [sum(layer_flops[:i]) for i in range(num_layers + 1)]
         self._attention_flops_per_key = attention_flops(adapter, 1)
         self._unembed_flops = unembed_flops(adapter)
-        self._pass_flops = 0
         self._trace = PassTrace()
 
     def reset(self) -> None:
@@ -144,23 +147,19 @@ class ExitEngine:
         last_layer = adapter.num_layers - 1
         positions = list(range(self.length, self.length + n))
         hidden = adapter.embed(ids.to(adapter.device))  # [n, d]
-        layer_rows = 0
-        self._pass_flops = 0
         trace = self._trace = PassTrace()
         for start, end in self.segments:
             if self.pending:
                 positions, hidden = self._join_pending(start, positions, hidden)
             hidden = self._run_segment(start, end, hidden, positions, n)
-            layer_rows += (end - start + 1) * len(positions)
             if exit_check is not None and end < last_layer:
                 logits = exit_check(end, hidden[-1])
                 trace.checks.append((end, logits is not None))
                 if logits is not None:
                     self.pending.extend(Pending(p, end, h) for p, h in zip(positions, hidden, strict=True))
                     self.length += n
-                    return StepOutput(logits, end, layer_rows=layer_rows, flops=self._pass_flops, trace=trace)
+                    return StepOutput(logits, end, flops=self._flops(trace), trace=trace)
         final = self._unembed(hidden)
-        self._pass_flops += self._unembed_flops * len(positions)
         trace.unembed_rows = len(positions)
         self.length += n
         return StepOutput(
@@ -168,10 +167,19 @@ class ExitEngine:
             exit_layer=last_layer,
             final_logits=final,
             final_positions=positions,
-            layer_rows=layer_rows,
-            flops=self._pass_flops,
+            flops=self._flops(trace),
             trace=trace,
         )
+
+    def _flops(self, trace: PassTrace) -> int:
+        """Analytic FLOPs of what `trace` says was computed. A graphed segment attends over (and
+        so counts) its whole KV bucket: that work is done."""
+        prefix, per_key = self._flops_prefix, self._attention_flops_per_key
+        layers = sum(
+            (prefix[s.end + 1] - prefix[s.start] + s.layers * per_key * s.kv_len) * s.rows
+            for s in trace.segments
+        )
+        return layers + self._unembed_flops * trace.unembed_rows
 
     def _join_pending(
         self, start: int, positions: list[int], hidden: torch.Tensor
@@ -207,10 +215,6 @@ class ExitEngine:
             # One row attending over exactly the keys up to its own position needs no mask.
             causal = rows > 1 or kv_len != positions[-1] + 1
             out = self._segment(start, end, hidden, pos, kv_len, masked=causal)
-        # A graphed pass attends over (and so counts) the whole KV bucket: that work is done.
-        layers = end - start + 1
-        per_row = self._flops_prefix[end + 1] - self._flops_prefix[start]
-        self._pass_flops += (per_row + layers * self._attention_flops_per_key * kv_len) * rows
         new_rows = rows if new_rows is None else new_rows
         self._trace.segments.append(SegmentRun(start, end, new_rows, rows - new_rows, kv_len))
         return out

@@ -45,6 +45,10 @@ class PassTrace:
     def exited(self) -> bool:
         return bool(self.checks) and self.checks[-1][1]
 
+    @property
+    def layer_rows(self) -> int:
+        return sum(s.layers * s.rows for s in self.segments)
+
 
 @dataclass
 class TraceCounts:

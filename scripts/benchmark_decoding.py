@@ -42,7 +42,7 @@ from earlyexit.harness.baselines import HFGenerate, hf_layerskip
 from earlyexit.harness.cost_model import DECIDES, predict
 from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
 from earlyexit.harness.profile import measure_profile
-from earlyexit.harness.timing import copy_bandwidth, environment, synchronize
+from earlyexit.harness.timing import copy_bandwidth, device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.graphs import Capture, ReplayCapture, default_capture, kv_bucket
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
@@ -138,12 +138,11 @@ def profiles(adapter, heads, prompts, args, capture: Capture | None) -> dict:
     first = len(prompts[0]) + 1
     last = len(prompts[0]) + args.max_new_tokens
     kv = sorted({first, (first + last) // 2, last})
-    device_name = environment(adapter.device, adapter.dtype)["device_name"]
-    rows, repeats = args.profile_rows, args.profile_repeats
-    out = {"eager": measure_profile(adapter, heads, kv, rows, None, device_name, repeats)}
+    name, rows, repeats = device_name(adapter.device), args.profile_rows, args.profile_repeats
+    out = {"eager": measure_profile(adapter, heads, kv, rows, None, name, repeats)}
     if capture is not None:
         kv_graphs = sorted({kv_bucket(k, adapter.max_positions) for k in kv})
-        out["graphs"] = measure_profile(adapter, heads, kv_graphs, rows, capture, device_name, repeats)
+        out["graphs"] = measure_profile(adapter, heads, kv_graphs, rows, capture, name, repeats)
     return out
 
 

@@ -39,7 +39,7 @@ from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_i
 from earlyexit.harness.profile import CostProfile, measure_profile, profile_identity
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
-from earlyexit.harness.timing import environment
+from earlyexit.harness.timing import device_name, environment
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.graphs import default_capture, kv_bucket
 from earlyexit.model.loading import (
@@ -346,9 +346,9 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
     kv_lengths = sorted({first, (first + last) // 2, last})
     if graphs is not None:
         kv_lengths = sorted({kv_bucket(k, adapter.max_positions) for k in kv_lengths})
-    device_name = environment(cfg.device, adapter.dtype)["device_name"]
+    name = device_name(adapter.device)
     identity = {
-        **profile_identity(adapter, heads, graphs is not None, device_name),
+        **profile_identity(adapter, heads, graphs is not None, name),
         "kv_lengths": kv_lengths,
         "max_rows": PROFILE_ROWS,
         "repeats": b.profile_repeats,
@@ -356,7 +356,7 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
 
     def measure() -> dict:
         return measure_profile(
-            adapter, heads, kv_lengths, PROFILE_ROWS, graphs, device_name, identity["repeats"]
+            adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name, identity["repeats"]
         ).to_json()
 
     profile = CostProfile.from_json(cached_json(cfg.cache_dir, "profile", identity, measure))

@@ -13,7 +13,7 @@ import torch
 
 from earlyexit.model.device import synchronize
 
-__all__ = ["copy_bandwidth", "environment", "synchronize", "time_call"]
+__all__ = ["copy_bandwidth", "device_name", "environment", "synchronize", "time_call"]
 
 
 def time_call(
@@ -46,10 +46,9 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict:
     import transformers
 
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "device": device.type,
-        "device_name": name,
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
@@ -57,6 +56,12 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict:
         "python": platform.python_version(),
         "git_commit": _git_commit(),
     }
+
+
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU model's: what a measured cost belongs to."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
 
 def _cpu_name() -> str:

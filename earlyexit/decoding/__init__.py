@@ -3,7 +3,7 @@
 May import from ``earlyexit.data``, ``earlyexit.model`` and ``earlyexit.exits``.
 """
 
-from earlyexit.decoding.base import DecodeResult, DecodeSettings, DecodeStats, Strategy
+from earlyexit.decoding.base import DecodeResult, DecodeSettings, DecodeStats, Strategy, engine_for
 from earlyexit.decoding.dssd import DSSDDecoding
 from earlyexit.decoding.early_exit import EarlyExitDecoding
 from earlyexit.decoding.factory import LOSSLESS, MODES, check_mode, make_strategy
@@ -23,4 +23,5 @@ __all__ = [
     "FullDecoding",
     "LayerSkipDecoding",
     "Strategy",
+    "engine_for",
 ]

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from earlyexit.exits.heads import HeadSet
+from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine, StepOutput
 from earlyexit.model.trace import TraceCounts
@@ -96,6 +97,7 @@ class Strategy(Protocol):
     """A decoding mode. `exit_layers` tells the engine where its segments must end."""
 
     name: str
+    kv: str  # how the engine keeps exited tokens' K/V (model.engine.KV_STRATEGIES); absent = fill
 
     @property
     def exit_layers(self) -> list[int]: ...
@@ -120,9 +122,10 @@ class Run:
         settings: DecodeSettings,
         exit_layers: list[int],
         heads: HeadSet | None = None,
+        kv: str = "fill",
     ) -> None:
         prompt = torch.as_tensor(prompt).reshape(-1)
-        check_inputs(engine, prompt, settings, exit_layers)
+        check_inputs(engine, prompt, settings, exit_layers, kv)
         engine.reset()
         self.engine = engine
         self.prompt = prompt
@@ -181,14 +184,23 @@ class Run:
 
 
 def check_inputs(
-    engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings, exit_layers: list[int]
+    engine: ExitEngine,
+    prompt: torch.Tensor,
+    settings: DecodeSettings,
+    exit_layers: list[int],
+    kv: str = "fill",
 ) -> None:
     """Clear errors before any decoding starts."""
+    if engine.kv != kv:
+        raise ValueError(
+            f"the engine keeps exited tokens' K/V by {engine.kv!r} but the mode needs {kv!r}; "
+            "build it with engine_for(strategy, adapter)"
+        )
     missing = sorted(set(exit_layers) - set(engine.exit_layers))
     if missing:
         raise ValueError(
             f"the engine's segments do not end at exit layers {missing} (engine exit layers: "
-            f"{engine.exit_layers}); build it with ExitEngine(adapter, exit_layers=strategy.exit_layers)"
+            f"{engine.exit_layers}); build it with engine_for(strategy, adapter)"
         )
     if prompt.numel() == 0:
         raise ValueError("empty prompt: give at least one token")
@@ -198,6 +210,16 @@ def check_inputs(
         )
     if settings.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+
+
+def engine_for(strategy: Strategy, adapter: ModelAdapter, **kwargs) -> ExitEngine:
+    """An engine whose segments end at the strategy's exit layers and that keeps K/V its way."""
+    return ExitEngine(adapter, exit_layers=strategy.exit_layers, kv=kv_of(strategy), **kwargs)
+
+
+def kv_of(strategy: Strategy) -> str:
+    """The strategy's KV rule; one written without the attribute keeps K/V exactly."""
+    return getattr(strategy, "kv", "fill")
 
 
 def greedy(logits: torch.Tensor) -> int:

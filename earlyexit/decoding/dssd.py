@@ -18,6 +18,7 @@ from earlyexit.model.engine import ExitEngine
 
 class DSSDDecoding:
     name = "dssd"
+    kv = "fill"  # lossless: verification needs the drafts' exact deeper K/V
 
     def __init__(self, policy: ThresholdPolicy, max_draft: int = 5) -> None:
         if max_draft < 1:

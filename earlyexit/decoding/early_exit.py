@@ -1,6 +1,8 @@
 """`early-exit`: each token leaves at the first head whose confidence passes its threshold (lossy).
 
-Deeper K/V of exited tokens are filled by the engine when the next deeper pass runs.
+What happens to an exited token's deeper K/V is the `kv` strategy (earlyexit.model.engine):
+`fill` (exact: the engine runs the skipped layers with the next pass), `propagate` (CALM: K/V
+projected from the exit state) or `skip` (none; later tokens do not attend to it there).
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ import torch
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.model.engine import ExitEngine
+from earlyexit.model.engine import ExitEngine, check_kv_strategy
 
 
 class EarlyExitDecoding:
     name = "early-exit"
 
-    def __init__(self, policy: ThresholdPolicy) -> None:
-        self.policy = policy
+    def __init__(self, policy: ThresholdPolicy, kv: str = "fill") -> None:
+        check_kv_strategy(kv)
+        self.policy, self.kv = policy, kv
 
     @property
     def exit_layers(self) -> list[int]:
@@ -28,7 +31,7 @@ class EarlyExitDecoding:
         return self.policy.heads
 
     def generate(self, engine: ExitEngine, prompt: torch.Tensor, settings: DecodeSettings) -> DecodeResult:
-        run = Run(engine, prompt, settings, self.exit_layers, self.heads)
+        run = Run(engine, prompt, settings, self.exit_layers, self.heads, self.kv)
         run.prefill()
         while not run.done:
             out = run.forward(torch.tensor([run.ids[-1]]), self.policy)

@@ -9,15 +9,26 @@ from earlyexit.decoding.full import FullDecoding
 from earlyexit.decoding.layerskip import LayerSkipDecoding
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.model.engine import check_kv_strategy
 
 MODES = ("full", "early-exit", "layerskip", "dssd")
 LOSSLESS = ("full", "layerskip", "dssd")
 
 
-def check_mode(name: str, draft_length: int = 4, max_draft: int = 5) -> None:
+def check_mode(name: str, draft_length: int = 4, max_draft: int = 5, kv: str = "fill") -> None:
     """Reject a bad mode or setting before any model loads."""
     if name not in MODES:
         raise ValueError(f"unknown mode {name!r}; valid: {', '.join(MODES)}")
+    try:
+        check_kv_strategy(kv)
+    except ValueError as err:
+        raise ValueError(f"engine.kv: {err}") from None
+    if kv != "fill" and name != "early-exit":
+        raise ValueError(
+            f"engine.kv={kv} is lossy and mode {name} accepts only fill "
+            f"({'lossless: verification needs exact K/V' if name in LOSSLESS else 'it never exits'}); "
+            "use engine.kv=fill, or mode=early-exit"
+        )
     if name == "layerskip" and draft_length < 1:
         raise ValueError(f"mode.draft_length must be >= 1, got {draft_length}")
     if name == "dssd" and max_draft < 1:
@@ -31,9 +42,10 @@ def make_strategy(
     exit_layer: int | None = None,
     draft_length: int = 4,
     max_draft: int = 5,
+    kv: str = "fill",
 ) -> Strategy:
-    """`exit_layer=None` picks the deepest head for layerskip."""
-    check_mode(name, draft_length, max_draft)
+    """`exit_layer=None` picks the deepest head for layerskip; `kv` applies to early-exit only."""
+    check_mode(name, draft_length, max_draft, kv)
     if name == "full":
         return FullDecoding()
     if name == "layerskip":
@@ -42,4 +54,4 @@ def make_strategy(
         return LayerSkipDecoding(heads, heads.layers[-1] if exit_layer is None else exit_layer, draft_length)
     if policy is None:
         raise ValueError(f"mode {name} needs calibrated thresholds (a ThresholdPolicy)")
-    return EarlyExitDecoding(policy) if name == "early-exit" else DSSDDecoding(policy, max_draft)
+    return EarlyExitDecoding(policy, kv) if name == "early-exit" else DSSDDecoding(policy, max_draft)

@@ -10,6 +10,7 @@ from earlyexit.model.engine import ExitEngine
 
 class FullDecoding:
     name = "full"
+    kv = "fill"  # never exits: every strategy would do the same; the exact one is the reference
 
     heads = None
 

@@ -18,6 +18,7 @@ from earlyexit.model.engine import ExitEngine
 
 class LayerSkipDecoding:
     name = "layerskip"
+    kv = "fill"  # lossless: verification needs the drafts' exact deeper K/V
 
     def __init__(self, heads: HeadSet, exit_layer: int, draft_length: int) -> None:
         if exit_layer not in heads.layers:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy
+from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy, engine_for
+from earlyexit.decoding.base import kv_of
 from earlyexit.exits.heads import HeadSet
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.engine import ExitEngine
@@ -121,14 +122,15 @@ def measure_interleaved(
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ValueError(f"strategies must have distinct names, got {names}")
-    # Strategies with the same exit layers share one engine (its state is reset per prompt), so
-    # equal work runs on the very same buffers: separate KV buffers alone shifted timings by ±5%.
-    by_layers: dict[tuple[int, ...], ExitEngine] = {}
+    # Strategies with the same exit layers and KV strategy share one engine (its state is reset per
+    # prompt), so equal work runs on the very same buffers: separate KV buffers alone shifted
+    # timings by ±5%.
+    shared: dict[tuple, ExitEngine] = {}
     for s in strategies:
-        key = tuple(sorted(s.exit_layers))
-        if key not in by_layers:
-            by_layers[key] = ExitEngine(adapter, exit_layers=s.exit_layers, graphs=graphs)
-    engines = [by_layers[tuple(sorted(s.exit_layers))] for s in strategies]
+        key = (tuple(sorted(s.exit_layers)), kv_of(s))
+        if key not in shared:
+            shared[key] = engine_for(s, adapter, graphs=graphs)
+    engines = [shared[tuple(sorted(s.exit_layers)), kv_of(s)] for s in strategies]
     out = [Measured(s.name, prompts=len(prompts)) for s in strategies]
     with ExitStack() as stack:
         head_graphs = [stack.enter_context(_graphed_heads(s.heads, graphs)) for s in strategies]

@@ -237,6 +237,7 @@ def measure_profile(
             ms = _interleaved_ms(calls, device, warmup, repeats, progress)
     finally:
         heads.graphs = previous
+
     def segment_cost(r: int, kv: int) -> float:  # L - 1 more segments, same layers
         return max(0.0, ms["split", r, kv] - ms["whole", r, kv]) / max(1, L - 1)
 

@@ -366,6 +366,7 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
 
 def predict_run(profile: CostProfile, mode_name: str, metric: str, mode: dict, full: dict) -> dict:
     """Predicted time per token of the mode and of full, beside the measured (mean) ones."""
+
     def one(summary: dict, name: str) -> dict:
         trace = TraceCounts.from_json(summary["trace"])
         return predict(trace, summary["decode_tokens"], profile, name, metric)

@@ -1,17 +1,25 @@
 """Architecture adapter: the only place that knows a model family's module names.
 
 The exit engine runs the model's own layer modules in its own loop, so it needs the
-layer list, embedding, rotary embedding, final norm and unembedding, and how a layer
-takes its KV cache argument. Adding a Llama-family model means adding one adapter here.
+layer list, embedding, rotary embedding, final norm and unembedding, how a layer
+takes its KV cache argument, and (for ``engine.kv=propagate``) how a layer projects a hidden
+state to its K/V alone. Adding a Llama-family model means adding one adapter here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import PreTrainedModel
+from transformers.models.gpt_neox import modeling_gpt_neox
+from transformers.models.llama import modeling_llama
+
+# (hidden [1, rows, d], (cos, sin) of the rows) -> (keys, values), each [1, kv_heads, rows, head_dim]
+KVProjector = Callable[[torch.Tensor, tuple], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -25,6 +33,8 @@ class ModelAdapter:
     final_norm: nn.Module
     # Keyword under which the layer module receives its KV cache object.
     cache_kwarg: str
+    # Layer module -> its K/V projection alone (input norm, K and V matmuls, rotary on K).
+    kv_projector_of: Callable[[nn.Module], KVProjector]
 
     @property
     def config(self):
@@ -82,17 +92,60 @@ class ModelAdapter:
         )
         return out[0] if isinstance(out, tuple) else out
 
+    def kv_projector(self, index: int) -> KVProjector:
+        """Layer `index`'s K/V of a hidden state taken as that layer's input, with no attention or
+        MLP: CALM's state propagation (DESIGN.md, "What happens to an exited token's KV")."""
+        return self.kv_projector_of(self.layers[index])
+
+
+def _rotate_keys(apply_rotary: Callable, keys: torch.Tensor, pos_emb: tuple) -> torch.Tensor:
+    # The family's own rotary function rotates a (query, key) pair; keys stand in for both.
+    return apply_rotary(keys, keys, *pos_emb)[1]
+
+
+def _gpt_neox_kv(layer: nn.Module) -> KVProjector:
+    """GPT-NeoX fuses Q, K and V in one matmul laid out per head as [q | k | v]; the K and V rows
+    are sliced out once (a copy of 2/3 of that weight), so no query is computed for nothing."""
+    attention = layer.attention
+    heads, size = attention.config.num_attention_heads, attention.head_size
+    fused = attention.query_key_value
+    weight = fused.weight.detach().view(heads, 3, size, -1)[:, 1:].reshape(heads * 2 * size, -1)
+    bias = None if fused.bias is None else fused.bias.detach().view(heads, 3, size)[:, 1:].reshape(-1)
+
+    def project(hidden: torch.Tensor, pos_emb: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = F.linear(layer.input_layernorm(hidden), weight, bias)
+        kv = kv.view(*hidden.shape[:-1], heads, 2 * size).transpose(1, 2)
+        keys, values = kv.chunk(2, dim=-1)
+        return _rotate_keys(modeling_gpt_neox.apply_rotary_pos_emb, keys, pos_emb), values
+
+    return project
+
+
+def _llama_kv(layer: nn.Module) -> KVProjector:
+    attention = layer.self_attn
+
+    def project(hidden: torch.Tensor, pos_emb: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        x = layer.input_layernorm(hidden)
+        shape = (*hidden.shape[:-1], -1, attention.head_dim)
+        keys = attention.k_proj(x).view(shape).transpose(1, 2)
+        values = attention.v_proj(x).view(shape).transpose(1, 2)
+        return _rotate_keys(modeling_llama.apply_rotary_pos_emb, keys, pos_emb), values
+
+    return project
+
 
 def _gpt_neox(model: PreTrainedModel) -> ModelAdapter:
     base = model.gpt_neox
     return ModelAdapter(
-        model, base.embed_in, base.layers, base.rotary_emb, base.final_layer_norm, "layer_past"
+        model, base.embed_in, base.layers, base.rotary_emb, base.final_layer_norm, "layer_past", _gpt_neox_kv
     )
 
 
 def _llama_like(model: PreTrainedModel) -> ModelAdapter:
     base = model.model
-    return ModelAdapter(model, base.embed_tokens, base.layers, base.rotary_emb, base.norm, "past_key_values")
+    return ModelAdapter(
+        model, base.embed_tokens, base.layers, base.rotary_emb, base.norm, "past_key_values", _llama_kv
+    )
 
 
 ADAPTERS = {"gpt_neox": _gpt_neox, "llama": _llama_like}

@@ -10,6 +10,14 @@ k stays *pending*: its layer-k hidden state is kept, and it joins the rows of th
 pass at layer k+1, so its deeper K/V are written before any later token attends to them
 (DESIGN.md, "KV cache with exits"). The pass that carries pending tokens to full depth
 also yields their final logits, which is exactly what speculative verification needs.
+
+That is ``kv="fill"``, exact and the default. Two published alternatives give up exactness
+for work (DESIGN.md, "What happens to an exited token's KV"), for the ``early-exit`` mode only:
+``propagate`` (CALM) writes an exited token's deeper K/V from its exit state through each skipped
+layer's input norm and K/V projections, with no attention or MLP; ``skip`` writes none, and
+later tokens attend at each layer only to the tokens that reached it. Under ``skip`` each layer
+keeps its entries packed in position order (slot != position): a single decode row attends over
+exactly its layer's entries with no mask, and truncation is not defined.
 """
 
 from __future__ import annotations
@@ -26,12 +34,20 @@ from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.flops import attention_flops, linear_flops, unembed_flops
 from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
 from earlyexit.model.kv_cache import StaticKVCache
-from earlyexit.model.trace import PassTrace, SegmentRun
+from earlyexit.model.trace import KVProjection, PassTrace, SegmentRun
 
 # On CUDA, SDPA may pick cuDNN attention, which builds a new plan for every KV length
 # (45-61 ms per step, DESIGN.md); the memory-efficient kernel takes our boolean mask and
 # does not. Math stays as the fallback for shapes it cannot take.
 CUDA_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+KV_STRATEGIES = ("fill", "propagate", "skip")
+
+
+def check_kv_strategy(kv: str) -> None:
+    if kv not in KV_STRATEGIES:
+        raise ValueError(f"unknown KV strategy {kv!r}; valid: {', '.join(KV_STRATEGIES)}")
+
 
 # Called with (exit layer, hidden state of the newest token after that layer); returns
 # the logits to emit if the token exits there, or None to continue deeper.
@@ -75,7 +91,9 @@ class ExitEngine:
         static_kv_len: bool = False,
         graphs: Capture | None = None,
         max_graph_rows: int = 8,
+        kv: str = "fill",
     ) -> None:
+        check_kv_strategy(kv)
         num_layers = adapter.num_layers
         bad = [k for k in exit_layers if not 0 <= k < num_layers - 1]
         if bad:
@@ -95,6 +113,9 @@ class ExitEngine:
         )
         self.length = 0
         self.pending: list[Pending] = []
+        self.kv = kv
+        self._layer_len = [0] * num_layers  # kv=skip: entries each layer holds (packed slots)
+        self._projectors: list | None = None  # kv=propagate: each layer's K/V projection, built once
         # Segments of up to `max_graph_rows` rows replay captured graphs (decode steps and
         # verification passes); prefill and larger catch-up passes run eagerly.
         self.graphs = GraphCache(graphs) if graphs is not None else None
@@ -110,17 +131,21 @@ class ExitEngine:
         self._flops_prefix = [sum(layer_flops[:i]) for i in range(num_layers + 1)]
         self._attention_flops_per_key = attention_flops(adapter, 1)
         self._unembed_flops = unembed_flops(adapter)
+        self._projection_flops = 2 * adapter.hidden_size * 2 * adapter.num_kv_heads * adapter.head_dim
         self._trace = PassTrace()
 
     def reset(self) -> None:
         """Forget the sequence (buffers are reused; stale entries are never attended)."""
         self.length = 0
         self.pending = []
+        self._layer_len = [0] * self.adapter.num_layers
 
     def truncate(self, length: int) -> None:
         """Roll the sequence back to its first `length` tokens (rejected drafts)."""
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a sequence of {self.length} tokens to {length}")
+        if self.kv == "skip" and length != self.length:
+            raise ValueError("kv=skip cannot roll back: its layers hold different tokens (use kv=fill)")
         self.length = length
         self.pending = [p for p in self.pending if p.position < length]
 
@@ -156,7 +181,11 @@ class ExitEngine:
                 logits = exit_check(end, hidden[-1])
                 trace.checks.append((end, logits is not None))
                 if logits is not None:
-                    self.pending.extend(Pending(p, end, h) for p, h in zip(positions, hidden, strict=True))
+                    if self.kv == "fill":
+                        joined = zip(positions, hidden, strict=True)
+                        self.pending.extend(Pending(p, end, h) for p, h in joined)
+                    elif self.kv == "propagate":
+                        self._propagate(end + 1, positions, hidden)
                     self.length += n
                     return StepOutput(logits, end, flops=self._flops(trace), trace=trace)
         final = self._unembed(hidden)
@@ -176,10 +205,26 @@ class ExitEngine:
         so counts) its whole KV bucket: that work is done."""
         prefix, per_key = self._flops_prefix, self._attention_flops_per_key
         layers = sum(
-            (prefix[s.end + 1] - prefix[s.start] + s.layers * per_key * s.kv_len) * s.rows
-            for s in trace.segments
+            (prefix[s.end + 1] - prefix[s.start] + per_key * s.keys_attended) * s.rows for s in trace.segments
         )
-        return layers + self._unembed_flops * trace.unembed_rows
+        projected = sum(p.layers * p.rows for p in trace.projections) * self._projection_flops
+        return layers + projected + self._unembed_flops * trace.unembed_rows
+
+    def _propagate(self, start: int, positions: list[int], hidden: torch.Tensor) -> None:
+        """kv=propagate: layers start.. get the rows' K/V projected from their exit state `hidden`."""
+        if self._projectors is None:
+            self._projectors = [self.adapter.kv_projector(i) for i in range(self.adapter.num_layers)]
+        last = self.adapter.num_layers - 1
+        if start > last:
+            return
+        pos = self._position_tensor(positions)
+        h = hidden[None]
+        pos_emb = self._position_embeddings(h, pos)
+        for index in range(start, last + 1):
+            keys, values = self._projectors[index](h, pos_emb)
+            self.cache.keys[index].index_copy_(2, pos, keys.to(self.cache.keys[index].dtype))
+            self.cache.values[index].index_copy_(2, pos, values.to(self.cache.values[index].dtype))
+        self._trace.projections.append(KVProjection(start, last, len(positions)))
 
     def _join_pending(
         self, start: int, positions: list[int], hidden: torch.Tensor
@@ -201,6 +246,8 @@ class ExitEngine:
         self, start: int, end: int, hidden: torch.Tensor, positions: list[int], new_rows: int | None = None
     ) -> torch.Tensor:
         """Run layers start..end on the rows (graph replay when one fits, else eager)."""
+        if self.kv == "skip":
+            return self._run_packed_segment(start, end, hidden, positions, new_rows)
         rows = len(positions)
         pos = self._position_tensor(positions)
         if self.graphs is not None and rows <= self.max_graph_rows:
@@ -218,6 +265,37 @@ class ExitEngine:
         new_rows = rows if new_rows is None else new_rows
         self._trace.segments.append(SegmentRun(start, end, new_rows, rows - new_rows, kv_len))
         return out
+
+    def _run_packed_segment(
+        self, start: int, end: int, hidden: torch.Tensor, positions: list[int], new_rows: int | None
+    ) -> torch.Tensor:
+        """kv=skip: each layer writes the rows after its own entries and attends over those only.
+
+        Eager always: every layer attends over a different number of keys. Rotary uses the rows'
+        true positions, so attention sees the right relative positions although slots are packed.
+        """
+        rows, cache, adapter = len(positions), self.cache, self.adapter
+        pos = self._position_tensor(positions)
+        h = hidden[None]
+        pos_emb = self._position_embeddings(h, pos)
+        attended = 0
+        for index in range(start, end + 1):
+            base = self._layer_len[index]
+            if base + rows > self.max_len:
+                raise ValueError(f"layer {index} would hold {base + rows} entries; context is {self.max_len}")
+            slots = self._all_positions[base : base + rows]
+            cache.positions, cache.kv_len = slots, base + rows
+            # Every entry below `base` is an earlier token: one row needs no mask.
+            keys = self._all_positions[: base + rows]
+            mask = None if rows == 1 else (keys[None, :] <= slots[:, None])[None, None]
+            h = adapter.run_layer(index, h, mask, pos_emb, cache)
+            self._layer_len[index] = base + rows
+            attended += base + rows
+        layers = end - start + 1
+        new_rows = rows if new_rows is None else new_rows
+        kv_len = round(attended / layers)  # representative, for pricing; `attended` is exact
+        self._trace.segments.append(SegmentRun(start, end, new_rows, rows - new_rows, kv_len, attended))
+        return h[0]
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + the model's unembedding: [rows, d] -> [rows, V] (graphed when it fits)."""
@@ -250,13 +328,16 @@ class ExitEngine:
             keys = self._all_positions[:kv_len]
             mask = (keys[None, :] <= pos[:, None])[None, None]  # [1, 1, rows, kv_len]
         h = hidden[None]
-        if self._rope is None:
-            pos_emb = adapter.position_embeddings(h, pos)
-        else:  # a gather from the table computed once, not the rotary maths per segment
-            pos_emb = tuple(t.index_select(1, pos) for t in self._rope)
+        pos_emb = self._position_embeddings(h, pos)
         for index in range(start, end + 1):
             h = adapter.run_layer(index, h, mask, pos_emb, cache)
         return h[0]
+
+    def _position_embeddings(self, h: torch.Tensor, pos: torch.Tensor) -> tuple:
+        if self._rope is None:
+            return self.adapter.position_embeddings(h, pos)
+        # A gather from the table computed once, not the rotary maths per segment.
+        return tuple(t.index_select(1, pos) for t in self._rope)
 
 
 # Rotary variants whose angles depend on the sequence length seen so far cannot be tabulated.

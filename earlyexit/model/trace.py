@@ -3,7 +3,10 @@
 The engine records, per pass, every segment it ran (its layers, how many rows were the pass's
 new tokens and how many were pending tokens carried deeper, the KV length attended over),
 every exit check (head layer, fired or not) and the unembedding's rows. Only Python ints are
-recorded: no timer and no device sync inside the decode loop. ``TraceCounts`` aggregates
+recorded: no timer and no device sync inside the decode loop. Under ``engine.kv=propagate`` a
+pass also records the exited token's K/V projections for the layers it skipped
+(``KVProjection``); under ``skip`` a segment's layers attend over different numbers of keys, so
+it records the exact total (``attended``) beside a representative ``kv_len``. ``TraceCounts`` aggregates
 passes into a multiset that prices in one sweep (``earlyexit.harness.cost_model``) and
 round-trips through JSON, so a stored run can be re-priced with another device's profile.
 """
@@ -23,14 +26,33 @@ class SegmentRun:
     new_rows: int  # the pass's own tokens (one per decode step; the prompt in prefill)
     pending_rows: int  # exited tokens carried through the layers they skipped
     kv_len: int  # keys attended over (a graphed pass attends over its whole KV bucket)
+    attended: int = 0  # keys attended per row summed over the layers, where they differ (kv=skip)
 
     @property
     def layers(self) -> int:
         return self.end - self.start + 1
 
     @property
+    def keys_attended(self) -> int:
+        """Keys each row attended to, summed over the segment's layers."""
+        return self.attended or self.layers * self.kv_len
+
+    @property
     def rows(self) -> int:
         return self.new_rows + self.pending_rows
+
+
+@dataclass(frozen=True)
+class KVProjection:
+    """An exited token's K/V for layers ``start..end`` projected from its exit state (kv=propagate)."""
+
+    start: int
+    end: int
+    rows: int
+
+    @property
+    def layers(self) -> int:
+        return self.end - self.start + 1
 
 
 @dataclass
@@ -40,6 +62,7 @@ class PassTrace:
     segments: list[SegmentRun] = field(default_factory=list)
     checks: list[tuple[int, bool]] = field(default_factory=list)  # (head layer, fired)
     unembed_rows: int = 0  # 0 when the pass exited before full depth
+    projections: list[KVProjection] = field(default_factory=list)  # kv=propagate only
 
     @property
     def exited(self) -> bool:
@@ -63,6 +86,7 @@ class TraceCounts:
     segments: Counter = field(default_factory=Counter)
     checks: Counter = field(default_factory=Counter)  # (layer, fired) -> count
     unembed: Counter = field(default_factory=Counter)  # rows -> count
+    projections: Counter = field(default_factory=Counter)  # (layers, rows) -> count (kv=propagate)
 
     def add(self, trace: PassTrace) -> None:
         self.passes += 1
@@ -72,16 +96,23 @@ class TraceCounts:
         self.checks.update(trace.checks)
         if trace.unembed_rows:
             self.unembed[trace.unembed_rows] += 1
+        self.projections.update((p.layers, p.rows) for p in trace.projections)
 
     def update(self, other: TraceCounts) -> None:
         self.passes += other.passes
         self.segments.update(other.segments)
         self.checks.update(other.checks)
         self.unembed.update(other.unembed)
+        self.projections.update(other.projections)
 
     @property
     def layer_rows(self) -> int:
         return sum(k[0] * (k[1] + k[2]) * n for k, n in self.segments.items())
+
+    @property
+    def projected_rows(self) -> int:
+        """Layer x row K/V projections of exited tokens (kv=propagate)."""
+        return sum(layers * rows * n for (layers, rows), n in self.projections.items())
 
     @property
     def heads_evaluated(self) -> int:
@@ -97,6 +128,7 @@ class TraceCounts:
             "segments": [[*k[:4], int(k[4]), n] for k, n in sorted(self.segments.items())],
             "checks": [[layer, int(fired), n] for (layer, fired), n in sorted(self.checks.items())],
             "unembed": [[rows, n] for rows, n in sorted(self.unembed.items())],
+            "projections": [[layers, rows, n] for (layers, rows), n in sorted(self.projections.items())],
         }
 
     @classmethod
@@ -108,4 +140,6 @@ class TraceCounts:
             out.checks[(int(layer), bool(fired))] = int(n)
         for rows, n in data["unembed"]:
             out.unembed[int(rows)] = int(n)
+        for layers, rows, n in data.get("projections", []):  # absent in records before kv strategies
+            out.projections[(int(layers), int(rows))] = int(n)
         return out

@@ -20,6 +20,7 @@ from earlyexit.decoding import (
     EarlyExitDecoding,
     FullDecoding,
     LayerSkipDecoding,
+    engine_for,
 )
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
@@ -55,7 +56,7 @@ def hand_prefill_flops(n: int, d: int = D, vocab: int = V, layers: int = LAYERS)
 
 
 def check_passes(strategy, adapter, heads, prompt, settings, graphs=False):
-    engine = ExitEngine(adapter, exit_layers=strategy.exit_layers, graphs=ReplayCapture if graphs else None)
+    engine = engine_for(strategy, adapter, graphs=ReplayCapture if graphs else None)
     if graphs:
         heads.graphs = GraphCache(ReplayCapture)
         strategy.generate(engine, prompt, settings)  # capture every graph first (capture runs the body)
@@ -105,6 +106,8 @@ def test_every_pass_matches_the_flop_counter_exactly(arch, setting):
     strategies = [
         FullDecoding(),
         EarlyExitDecoding(policy),
+        EarlyExitDecoding(policy, kv="propagate"),  # + the exited tokens' K/V projections
+        EarlyExitDecoding(policy, kv="skip"),  # attention over each layer's own entries
         LayerSkipDecoding(heads, 3, 3),
         DSSDDecoding(policy, max_draft=4),
     ]
@@ -117,13 +120,15 @@ def test_every_pass_matches_the_flop_counter_exactly(arch, setting):
     assert drafted > 0 and exited > 0, "heads must fire for the head terms to be checked"
 
 
-def test_graphed_passes_count_the_kv_bucket_they_attend_over(setting):
+@pytest.mark.parametrize("kv", ["fill", "propagate", "skip"])
+def test_graphed_passes_count_the_kv_bucket_they_attend_over(setting, kv):
     adapter, prompt = setting
     heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
-    prefill, result = check_passes(
-        DSSDDecoding(policy_for(heads), max_draft=3), adapter, heads, prompt, DecodeSettings(10), graphs=True
-    )
-    assert prefill == hand_prefill_flops(PROMPT) and result.stats.drafted > 0
+    policy = policy_for(heads)
+    strategy = DSSDDecoding(policy, max_draft=3) if kv == "fill" else EarlyExitDecoding(policy, kv=kv)
+    prefill, result = check_passes(strategy, adapter, heads, prompt, DecodeSettings(10), graphs=True)
+    assert prefill == hand_prefill_flops(PROMPT)
+    assert any(layer < LAYERS - 1 for layer in result.stats.exit_histogram), "heads must fire"
 
 
 def test_flops_follow_the_exits():
@@ -137,6 +142,14 @@ def test_flops_follow_the_exits():
     early = EarlyExitDecoding(always).generate(ExitEngine(adapter, exit_layers=[1]), prompt, settings).stats
     assert early.exit_histogram == {1: 9}
     assert early.flops_per_token < 0.6 * full.flops_per_token
+    # Every token exits, so fill never runs a deeper pass here; propagate adds exactly the K/V
+    # projections of the 4 skipped layers per token (2 x d x 2d each), skip nothing.
+    per_kv = {}
+    for kv in ("fill", "propagate", "skip"):
+        strategy = EarlyExitDecoding(always, kv=kv)
+        per_kv[kv] = strategy.generate(engine_for(strategy, adapter), prompt, settings).stats.flops_per_token
+    assert per_kv["fill"] == per_kv["skip"] == early.flops_per_token
+    assert per_kv["propagate"] - per_kv["skip"] == 4 * 2 * 64 * 2 * 64
 
 
 def test_llama_passes_match_the_flop_counter_exactly():

@@ -121,6 +121,11 @@ def resolve_tasks_of(cfg: DictConfig) -> list:
     )
 
 
+def kv_strategy(cfg: DictConfig) -> str:
+    """``engine.kv``; configs written before the key existed mean the exact ``fill``."""
+    return str(OmegaConf.select(cfg, "engine.kv", default="fill"))
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any model is loaded, naming the key, the value and what is allowed."""
     cfg = resolve_runtime(cfg)  # device and model.dtype: known, available, and runnable together
@@ -132,7 +137,7 @@ def validate(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ValueError(f"calibration: {err}") from None
     train_config(cfg).validate()
-    check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5))
+    check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5), kv_strategy(cfg))
     bench_keys = ("prompts", "prompt_len", "max_new_tokens", "repeats", "profile_repeats")
     _positive(cfg, *(f"bench.{k}" for k in bench_keys))
     if cfg.bench.get("cuda_graphs"):
@@ -247,6 +252,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         cfg.mode.get("exit_layer"),
         cfg.mode.get("draft_length", 4),
         cfg.mode.get("max_draft", 5),
+        kv_strategy(cfg),
     )
     b = cfg.bench
     prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)

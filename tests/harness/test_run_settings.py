@@ -78,6 +78,10 @@ def test_on_a_gpu_machine_the_design_card_runs_on_cuda_in_the_models_own_dtype(f
             ["task=piqa", "task.include_path=/nonexistent/yamls"],
             "task.include_path='/nonexistent/yamls' does not",
         ),
+        (["engine.kv=copy"], r"engine.kv: unknown KV strategy 'copy'; valid: fill, propagate, skip"),
+        (["mode=dssd", "engine.kv=propagate"], "engine.kv=propagate is lossy and mode dssd accepts only fill"),
+        (["mode=layerskip", "engine.kv=skip"], "engine.kv=skip is lossy and mode layerskip accepts only fill"),
+        (["mode=full", "engine.kv=skip"], "engine.kv=skip is lossy and mode full accepts only fill"),
     ],
 )
 def test_bad_settings_fail_before_any_model_loads(no_cuda, no_model_loads, overrides, message):
@@ -96,6 +100,11 @@ def test_a_task_without_data_fails_before_the_model_loads_not_after_training(
     ):
         record_run(cfg)
     assert not (tmp_path / "r.jsonl").exists()  # nothing ran, nothing recorded
+
+
+def test_early_exit_takes_every_kv_strategy(no_cuda, no_model_loads):
+    for kv in ("fill", "propagate", "skip"):
+        validate(config("mode=early-exit", f"engine.kv={kv}"))
 
 
 def test_a_revision_is_accepted_for_pythia(no_cuda):

@@ -29,6 +29,9 @@ DEFAULT_STORE = Path("results/records.jsonl")
 # earlyexit.decoding.LOSSLESS (a test checks they agree); copied so that drawing figures does not
 # import torch and transformers.
 LOSSLESS_MODES = ("full", "layerskip", "dssd")
+# What an exited token leaves in deeper layers' KV cache. Records from before the setting have no
+# column and ran the only strategy there was; lossless modes accept only this one.
+DEFAULT_KV = "fill"
 # Modes whose exits depend on a confidence metric and a calibrated target.
 THRESHOLD_MODES = ("early-exit", "dssd")
 # Where a token's predicted time goes. Mirrors earlyexit.harness.cost_model.CATEGORIES (a test
@@ -49,6 +52,8 @@ COST_CATEGORIES = (
 KEY_COLUMNS: dict[str, str] = {
     "model": "config.model.name",
     "mode": "config.mode.name",
+    # What happens to an exited token's deeper K/V (early-exit only): fill, propagate or skip.
+    "kv": "config.engine.kv",
     "metric": "config.metric.name",
     "target": "config.calibration.target",
     "exit_layer": "config.mode.exit_layer",
@@ -65,7 +70,10 @@ KEY_COLUMNS: dict[str, str] = {
     "timing_samples": "metric.timing_samples",
     "flops_saved": "metric.flops_saved",
     "flops_ratio": "metric.flops_ratio",
-    "acceptance_rate": "metric.acceptance_rate",
+    "acceptance_rate": "metric.acceptance_rate",  # head drafts only
+    # Full-model tokens counted as accepted drafts, as the public DSSD demo counts (DESIGN.md).
+    "acceptance_rate_demo": "metric.acceptance_rate_demo",
+    "full_model_drafts": "metric.full_model_drafts",
     "tpot_ms": "metric.tpot_ms",
     "full_tpot_ms": "metric.full_tpot_ms",
     # Mean time per output token (what the cost model predicts) and the prediction beside it.
@@ -102,6 +110,9 @@ NUMERIC_COLUMNS = (
     "max_draft",
     "speedup",
     "flops_saved",
+    "acceptance_rate",
+    "acceptance_rate_demo",
+    "layers_per_token",
     "speedup_ci_low",
     "speedup_ci_high",
     "timing_samples",
@@ -213,6 +224,7 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     # True / False where measured; NaN (not False) for records from before the timing protocol.
     df["within_noise"] = df["within_noise"].map(lambda v: v if isinstance(v, bool | np.bool_) else np.nan)
     df["lossless"] = df["mode"].isin(LOSSLESS_MODES)
+    df["kv"] = kv_strategy(df)
     # Eager and CUDA-graph latencies are different regimes: fronts and panels keep them apart.
     df["timing"] = np.where(df["cuda_graphs"].eq(True), "CUDA graphs", "eager")
     # These describe the calibrated thresholds, which modes without a confidence threshold never use
@@ -236,6 +248,13 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     derived = ["timing", "lossless", "acc", "acc_full", "acc_delta", "agreement_delta"]
     front = [*META_COLUMNS, *KEY_COLUMNS, *derived]
     return df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
+
+
+def kv_strategy(df: pd.DataFrame) -> pd.Series:
+    """Each run's KV strategy, ``fill`` where the record (or a frame built by hand) has none."""
+    if "kv" not in df:
+        return pd.Series(DEFAULT_KV, index=df.index, dtype=object)
+    return df["kv"].astype(object).where(df["kv"].notna(), DEFAULT_KV)
 
 
 def accuracy_columns(df: pd.DataFrame) -> list[str]:
@@ -296,7 +315,7 @@ def latest_per_config(df: pd.DataFrame) -> pd.DataFrame:
     return keep
 
 
-ID_COLUMNS = ("run_id", "model", "heads", "mode", "metric", "target", "exit_layer", "draft_length")
+ID_COLUMNS = ("run_id", "model", "heads", "mode", "kv", "metric", "target", "exit_layer", "draft_length")
 
 
 def per_head_table(df: pd.DataFrame) -> pd.DataFrame:

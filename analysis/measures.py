@@ -6,17 +6,29 @@ way without importing matplotlib.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
-from analysis.load import COST_CATEGORIES
+from analysis.load import COST_CATEGORIES, kv_strategy
 from analysis.pareto import run_label, run_name
 
+# The two acceptance definitions (DESIGN.md, "The public DSSD demo, read closely"): column -> the
+# words that must stand beside any number computed from it.
+ACCEPTANCE_DEFINITIONS = {
+    "acceptance_rate": "head drafts only",
+    "acceptance_rate_demo": "full-model tokens counted as accepted drafts, as the public DSSD demo counts",
+}
 
-def acceptance_ratio(df: pd.DataFrame) -> float:
+
+def acceptance_ratio(df: pd.DataFrame, column: str = "acceptance_rate") -> float:
     """Best DSSD acceptance over best LayerSkip acceptance, as the DSSD paper compares against a
-    manually tuned LayerSkip baseline; NaN if either mode is missing."""
-    rate = pd.to_numeric(df["acceptance_rate"], errors="coerce")
+    manually tuned LayerSkip baseline, under the definition ``column`` holds (see
+    ``ACCEPTANCE_DEFINITIONS``); NaN if either mode is missing or predates the column."""
+    if column not in df:
+        return float("nan")
+    rate = pd.to_numeric(df[column], errors="coerce")
     dssd = rate[df["mode"] == "dssd"].max()
     layerskip = rate[df["mode"] == "layerskip"].max()
     if not (np.isfinite(dssd) and np.isfinite(layerskip)) or layerskip <= 0:
@@ -32,6 +44,54 @@ def best_speedup(df: pd.DataFrame, modes: tuple[str, ...]) -> tuple[float, str]:
         return float("nan"), f"no {'/'.join(modes)} run"
     row = rows.loc[rows["speedup"].astype(float).idxmax()]
     return float(row["speedup"]), f"best {row['mode']} ({run_label(row)})"
+
+
+def acceptance_ratios(df: pd.DataFrame) -> list[tuple[float, str]]:
+    """The DSSD / LayerSkip acceptance ratio under each definition, each with its definition."""
+    return [(acceptance_ratio(df, column), what) for column, what in ACCEPTANCE_DEFINITIONS.items()]
+
+
+def depth_layers(model_shape: object) -> float:
+    """The number of layers in a record's ``model_shape`` ("... layers=24 ..."), NaN if absent."""
+    match = re.search(r"\blayers=(\d+)", model_shape) if isinstance(model_shape, str) else None
+    return float(match.group(1)) if match else float("nan")
+
+
+def kv_runs(df: pd.DataFrame, kv: str, measured: str) -> pd.DataFrame:
+    """Early-exit runs of one KV strategy that have a finite ``measured`` column."""
+    rows = df[(df["mode"] == "early-exit") & (kv_strategy(df) == kv)]
+    return rows[np.isfinite(pd.to_numeric(rows[measured], errors="coerce"))]
+
+
+def fewest_layers(df: pd.DataFrame, kv: str = "propagate") -> tuple[float, str]:
+    """(fewest layers per token among early-exit runs of ``kv``, that run with its share of depth,
+    FLOPs saved and accuracy), the nearest thing to CALM's layers-per-token figure."""
+    rows = kv_runs(df, kv, "layers_per_token")
+    if rows.empty:
+        return float("nan"), f"no early-exit run with engine.kv={kv}"
+    row = rows.loc[rows["layers_per_token"].astype(float).idxmin()]
+    return float(row["layers_per_token"]), f"fewest layers/token, {kv_detail(row)}"
+
+
+def kv_detail(row: pd.Series) -> str:
+    """One early-exit run's depth and savings in words, for a table cell."""
+    depth = depth_layers(row.get("model_shape"))
+    share = f" ({row['layers_per_token'] / depth:.0%} of {depth:.0f} layers)" if np.isfinite(depth) else ""
+    accuracy = row.get("acc_delta") if pd.notna(row.get("acc_delta")) else row.get("agreement_delta")
+    kind = "acc Δ" if pd.notna(row.get("acc_delta")) else "agreement Δ"
+    return (
+        f"{run_name(row)}: {row['layers_per_token']:.2f} layers/token{share}, FLOPs saved "
+        f"{row['flops_saved']:+.1%}, {kind} {accuracy:+.3f}"
+    )
+
+
+def best_kv_speedup(df: pd.DataFrame, kv: str = "propagate") -> tuple[float, str]:
+    """(highest measured speedup among early-exit runs of ``kv``, which run it was)."""
+    rows = kv_runs(df, kv, "speedup")
+    if rows.empty:
+        return float("nan"), f"no early-exit run with engine.kv={kv}"
+    row = rows.loc[rows["speedup"].astype(float).idxmax()]
+    return float(row["speedup"]), f"best measured early-exit KV {kv} ({run_label(row)})"
 
 
 # ---------------------------------------------------------------- cost model: breakdown and prediction

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.load import THRESHOLD_MODES
+from analysis.load import DEFAULT_KV, THRESHOLD_MODES, kv_strategy
 
 MODE_LABELS = {"full": "full", "early-exit": "early-exit", "dssd": "DSSD", "layerskip": "LayerSkip"}
-# Fronts are per model, timing regime (eager or CUDA graphs) and series; a frame without a
-# timing column (built by hand) is one regime.
+# Fronts are per model, timing regime (eager or CUDA graphs) and series (mode, metric and KV
+# strategy: see ``mode_group``); a frame without a timing column (built by hand) is one regime.
 GROUP_KEYS = ("model", "timing", "group")
 
 
@@ -47,10 +47,15 @@ def pareto_mask(
 
 
 def mode_group(df: pd.DataFrame) -> pd.Series:
-    """The series a run belongs to: early-exit and DSSD per confidence metric, LayerSkip and full alone."""
+    """The series a run belongs to: early-exit per confidence metric and KV strategy (named even
+    when it is the default, so a legend never leaves the reader to guess), DSSD per metric,
+    LayerSkip and full alone. A KV strategy other than fill is named in any mode."""
     labels = df["mode"].map(lambda m: MODE_LABELS.get(m, str(m)))
     with_metric = df["mode"].isin(THRESHOLD_MODES) & df["metric"].notna()
-    return labels.where(~with_metric, labels + " · " + df["metric"].astype(str))
+    labels = labels.where(~with_metric, labels + " · " + df["metric"].astype(str))
+    kv = kv_strategy(df)
+    named = (df["mode"] == "early-exit") | (kv != DEFAULT_KV)
+    return labels.where(~named, labels + " · KV " + kv.astype(str))
 
 
 def run_label(row: pd.Series) -> str:
@@ -65,7 +70,8 @@ def run_label(row: pd.Series) -> str:
 
 def run_name(row: pd.Series) -> str:
     """A run in a few words: its series and what distinguishes it there ("DSSD · entropy t=0.8",
-    "LayerSkip E=2 K=4", "full")."""
+    "LayerSkip E=2 K=4", "early-exit · entropy · KV propagate t=0.8", "full"). The default KV
+    strategy (fill) goes unnamed here, so names of older records stay as they were."""
     mode = row.get("mode")
     name = MODE_LABELS.get(mode, str(mode))
     if mode == "full":
@@ -73,6 +79,9 @@ def run_name(row: pd.Series) -> str:
     metric = row.get("metric")
     if mode in THRESHOLD_MODES and isinstance(metric, str):
         name += f" · {metric}"
+    kv = row.get("kv")
+    if isinstance(kv, str) and kv != DEFAULT_KV:
+        name += f" · KV {kv}"
     return f"{name} {run_label(row)}"
 
 

@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import unique
-from analysis.measures import MODE_ORDER, prediction_error_by_mode, prediction_points
+from analysis.load import kv_strategy, unique
+from analysis.measures import MODE_ORDER, depth_layers, prediction_error_by_mode, prediction_points
 from analysis.pareto import accuracy_axis, mark_fronts
-from analysis.published import compare, load_published
+from analysis.published import CAVEATS, compare, load_published
+
+# CALM, arXiv 2207.07061, Table 2 (published.csv): layers per token of its 8 decoder layers, and
+# its estimated speedup.
+CALM_LAYERS, CALM_DEPTH, CALM_SPEEDUP = 1.73, 8, 3.53
 
 
 def _num(value: object, fmt: str) -> str:
@@ -70,11 +74,13 @@ def measured_table(df: pd.DataFrame) -> str:
     """One row per run: the mode's settings, speed, FLOPs, accuracy and acceptance."""
     y, _ = accuracy_axis(df)
     by = ["model", "timing"] if "timing" in df else ["model"]
-    marked = mark_fronts(df, "speedup", y, by=by).assign(_order=df["mode"].map(MODE_ORDER))
-    marked = marked.sort_values([*by, "_order", "metric", "target", "exit_layer", "draft_length"])
+    marked = mark_fronts(df, "speedup", y, by=by)
+    marked = marked.assign(_order=df["mode"].map(MODE_ORDER), kv=kv_strategy(df))
+    marked = marked.sort_values([*by, "_order", "kv", "metric", "target", "exit_layer", "draft_length"])
     header = [
         "model",
         "mode",
+        "KV",
         "metric",
         "target",
         "E",
@@ -85,6 +91,7 @@ def measured_table(df: pd.DataFrame) -> str:
         "acc Δ",
         "agreement Δ",
         "acceptance",
+        "acceptance (demo)",
         "held-out early exits",
         "on front",
         "device",
@@ -94,6 +101,7 @@ def measured_table(df: pd.DataFrame) -> str:
         [
             _text(r["model"]),
             _text(r["mode"]),
+            _text(r["kv"]),
             _text(r["metric"]),
             _num(r["target"], "g"),
             _num(r["exit_layer"], ".0f"),
@@ -104,6 +112,7 @@ def measured_table(df: pd.DataFrame) -> str:
             _num(r["acc_delta"], "+.3f"),
             _num(r["agreement_delta"], "+.3f"),
             _num(r["acceptance_rate"], ".3f"),
+            _num(r["acceptance_rate_demo"], ".3f"),
             _num(r["exit_share"], ".1%"),
             "✓" if r["on_front"] else "",
             _text(r["device_name"] if pd.notna(r["device_name"]) else r["device"]),
@@ -181,20 +190,39 @@ def cost_model_section(df: pd.DataFrame) -> str:
     return "\n\n".join([intro, markdown_table(header, by_mode), markdown_table(run_header, per_run)])
 
 
+SOURCE_KIND_WORDS = {"primary": "paper's text", "abstract": "abstract only", "blog": "blog post"}
+
+
+def _source(r: pd.Series) -> str:
+    """Where a published number was read: paper, arXiv id and version, table, kind of source."""
+    kind = SOURCE_KIND_WORDS.get(r["source_kind"], _text(r["source_kind"]))
+    return (
+        f"{_text(r['paper'])} (arXiv {r['arxiv_id']} {_text(r['paper_version'])}, "
+        f"{_text(r['table_or_figure'])}; {kind})"
+    )
+
+
+def _published_model(r: pd.Series) -> str:
+    setting = r["published_setting"]
+    return _text(r["published_model"]) + (f" ({_text(setting)})" if setting else "")
+
+
 def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
-    """Published values beside ours, a match verdict per row, and a plain statement of the gaps."""
+    """Published values beside ours, a match verdict per row, the comparison caveats and a plain
+    statement of the gaps."""
     table = compare(df, published)
     rows = [
         [
-            f"{_text(r['paper'])} (arXiv {r['arxiv_id']}, {_text(r['table_or_figure'])})",
-            _text(r["published_model"]),
+            _source(r),
+            _published_model(r),
             _text(r["published_task"]),
+            _text(r["published_hardware"]),
             _text(r["metric"]),
-            _num(r["published"], ".2f"),
+            _num(r["published"], "g"),
             _text(r["our_model"]),
-            _num(r["measured"], ".2f"),
+            _num(r["measured"], ".3g"),
             _text(r["measured_what"]),
-            f"model {r['model_match']}, task {r['task_match']}",
+            f"model {r['model_match']}, task {r['task_match']}, hardware {r['hardware_match']}",
         ]
         for _, r in table.iterrows()
     ]
@@ -202,6 +230,7 @@ def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
         "published",
         "model",
         "task",
+        "hardware",
         "metric",
         "value",
         "our model",
@@ -212,14 +241,13 @@ def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
     comparable = table[table["comparable"]]
     hardware = ", ".join(unique(table["our_hardware"])) or "unknown hardware"
     if comparable.empty:
-        theirs = ", ".join(m for m in unique(published["model"]) if m) or "models not recorded"
         ours = ", ".join(map(str, unique(table["our_model"])))
         verdict = (
             "**No published number below matches our runs in both model and task**, so none of them is a "
-            f"replication target for these results. The published numbers are for {theirs} (some rows do "
-            "not record the model), on their own tasks and hardware (see the notes in "
-            f"`analysis/published.csv`); ours are {ours} on {hardware}, with speed measured on held-out "
-            "prompts of the model's own data. Read the values side by side as context for scale only."
+            "replication target for these results. The published numbers are for other models, tasks and "
+            "hardware (each row names them, as read in the source; `analysis/published.csv`); ours are "
+            f"{ours} on {hardware}, with speed measured on held-out prompts of the model's own data. Read "
+            "the values side by side as context for scale only."
         )
     else:
         names = "; ".join(f"{r['paper']} {r['metric']} on {r['our_model']}" for _, r in comparable.iterrows())
@@ -227,7 +255,48 @@ def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
             f"Model and task match for: {names}. Every other row differs in model or task (see the "
             "match column) and is context, not a replication."
         )
-    return "\n\n".join([verdict, markdown_table(header, rows)])
+    acceptance = (
+        'Acceptance is reported two ways (DESIGN.md, "The public DSSD demo, read closely"): over head '
+        "drafts only, and with full-model tokens counted as accepted drafts, as the public DSSD demo "
+        "counts them; each DSSD / LayerSkip ratio beside the published 1.66× (a ratio of acceptance "
+        "rates, DSSD's own definition) names the definition it uses."
+    )
+    return "\n\n".join([verdict, CAVEATS, acceptance, markdown_table(header, rows)])
+
+
+def kv_section(df: pd.DataFrame) -> str:
+    """Early-exit runs per KV strategy (depth, FLOPs saved, accuracy, speed) beside CALM's
+    layers per token, the one published number for state propagation."""
+    runs = df[df["mode"] == "early-exit"].assign(kv=kv_strategy(df))
+    calm = (
+        f"CALM (arXiv 2207.07061, Table 2) propagates an exited token's state to the skipped layers' K/V: "
+        f"{CALM_LAYERS:g} of {CALM_DEPTH} decoder layers per token ({CALM_LAYERS / CALM_DEPTH:.0%} of depth) "
+        f"and an *estimated* ×{CALM_SPEEDUP:g} on T5 1.1 (8 decoder layers), CNN/DM, TPUv3. Our `propagate` "
+        "runs below differ in model, task and hardware, and our speedups are measured, not estimated: "
+        "compare layers per token and FLOPs saved as scale, not as a replication. `fill` computes every "
+        "layer for every token eventually, so it saves latency but no FLOPs."
+    )
+    if runs.empty:
+        return calm + "\n\nNo early-exit run in these results."
+    runs = runs.sort_values(["model", "timing", "kv", "metric", "target"])
+    header = ["model", "KV", "metric", "target", "layers/token", "share of depth", "FLOPs saved", "acc Δ"]
+    header += ["agreement Δ", "speedup"]
+    rows = [
+        [
+            _text(r["model"]),
+            _text(r["kv"]),
+            _text(r["metric"]),
+            _num(r["target"], "g"),
+            _num(r["layers_per_token"], ".2f"),
+            _num(r["layers_per_token"] / depth_layers(r.get("model_shape")), ".0%"),
+            _num(r["flops_saved"], "+.1%"),
+            _num(r["acc_delta"], "+.3f"),
+            _num(r["agreement_delta"], "+.3f"),
+            _num(r["speedup"], ".2f") + "×",
+        ]
+        for _, r in runs.iterrows()
+    ]
+    return "\n\n".join([calm, markdown_table(header, rows)])
 
 
 def figures_section(written: dict[str, list[Path]], skipped: dict[str, str], out_dir: Path) -> str:
@@ -274,6 +343,8 @@ def write_summary(
         measured_table(df),
         "## Cost model: predicted vs measured",
         cost_model_section(df),
+        "## Exited tokens' KV: fill, propagate, skip",
+        kv_section(df),
         "## Published vs measured",
         published_section(df, published),
         "## Figures",

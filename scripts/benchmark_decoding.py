@@ -207,7 +207,10 @@ def main() -> None:
     lossless = {
         n: outputs[n] == outputs["full"]
         for n in (
-            "layerskip", "dssd", "hf-generate", *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
+            "layerskip",
+            "dssd",
+            "hf-generate",
+            *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
         )
         if n in outputs
     }

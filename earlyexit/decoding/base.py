@@ -32,9 +32,14 @@ class DecodeStats:
 
     tokens: int = 0
     forward_passes: int = 0
-    drafted: int = 0
+    drafted: int = 0  # head drafts only
     accepted: int = 0
     verifications: int = 0
+    # Passes where drafting was still allowed but no head fired, so the token came from the full
+    # model: the public DSSD demo appends such a token to its drafts (DESIGN.md, "The public DSSD
+    # demo, read closely"); it is accepted there when every head draft before it was.
+    full_model_drafts: int = 0
+    full_model_drafts_accepted: int = 0
     flops: int = 0  # decode passes (not prefill): analytic FLOPs of layers, attention, unembedding, heads
     exit_histogram: Counter = field(default_factory=Counter)  # exit layer -> passes
     trace: TraceCounts = field(default_factory=TraceCounts)  # decode passes' work, as counts
@@ -44,6 +49,13 @@ class DecodeStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def acceptance_rate_demo(self) -> float:
+        """Acceptance as the DSSD demo counts it: full-model tokens count as drafts."""
+        return demo_acceptance(
+            self.accepted, self.drafted, self.full_model_drafts_accepted, self.full_model_drafts
+        )
 
     @property
     def accepted_per_verification(self) -> float:
@@ -77,6 +89,9 @@ class DecodeStats:
             "accepted": self.accepted,
             "verifications": self.verifications,
             "acceptance_rate": self.acceptance_rate,
+            "full_model_drafts": self.full_model_drafts,
+            "full_model_drafts_accepted": self.full_model_drafts_accepted,
+            "acceptance_rate_demo": self.acceptance_rate_demo,
             "accepted_per_verification": self.accepted_per_verification,
             "layers_per_token": self.layers_per_token,
             "flops_per_token": self.flops_per_token,
@@ -85,6 +100,12 @@ class DecodeStats:
             "tpot_s": self.tpot_s,
             "total_s": self.total_s,
         }
+
+
+def demo_acceptance(accepted: int, drafted: int, full_accepted: int, full_drafts: int) -> float:
+    """(head + full-model drafts accepted) / (head + full-model drafts); NaN with no draft at all."""
+    total = drafted + full_drafts
+    return (accepted + full_accepted) / total if total else float("nan")
 
 
 @dataclass

@@ -9,6 +9,13 @@ from the full model) or because the draft budget is spent (the last draft is the
 without exits). Greedy prefix match; the first mismatch is replaced by the full model's
 token; a bonus token comes when all drafts match; rejected positions are rolled back.
 
+Acceptance, two ways (DESIGN.md, "The public DSSD demo, read closely"): `drafted`/`accepted`
+count head drafts only. The public DSSD demo also appends the token of a pass where no head
+fired to its drafts, and that token is accepted when the prefix match reaches it (every head
+draft before it accepted). `full_model_drafts`/`full_model_drafts_accepted` count those passes:
+full depth while drafting was still allowed, not because the draft budget was spent or a draft
+was EOS. LayerSkip's policy always exits at E, so it never has one and both rates coincide.
+
 Precision: every emitted token is the argmax of final logits, so in float32 and float64 the
 output equals `full`'s. In float16/bfloat16 the verification pass (several rows) and `full`'s
 decode step (one row) round differently, by a few units in the last place, so the two agree up
@@ -57,6 +64,9 @@ def speculative_generate(
         run.stats.drafted += len(drafts)
         run.stats.accepted += accepted
         run.stats.verifications += bool(drafts)
+        if may_draft:  # no head fired: the demo counts this full-model token as a draft
+            run.stats.full_model_drafts += 1
+            run.stats.full_model_drafts_accepted += accepted == len(drafts)
         engine.truncate(base + accepted + 1)  # keep the verified tokens' K/V, drop the rest
         run.emit([*drafts[:accepted], targets[accepted]])
     return run.finish()

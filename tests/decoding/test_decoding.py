@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import damped_model, prompts, quantile_thresholds
+from conftest import VOCAB, damped_model, prompts, quantile_thresholds
 
 from earlyexit.decoding import (
     DecodeSettings,
@@ -117,6 +117,12 @@ def test_statistics_are_consistent():
     assert stats.exit_histogram[1] + stats.exit_histogram[3] == stats.drafted
     assert 0 <= stats.accepted <= stats.drafted
     assert stats.acceptance_rate == stats.accepted / stats.drafted
+    # DSSD's full-model drafts: at most one per cycle, each ending it at full depth.
+    assert 0 < stats.full_model_drafts <= stats.forward_passes - 1 - stats.drafted
+    assert 0 <= stats.full_model_drafts_accepted <= stats.full_model_drafts
+    assert stats.acceptance_rate_demo == pytest.approx(
+        (stats.accepted + stats.full_model_drafts_accepted) / (stats.drafted + stats.full_model_drafts)
+    )
 
 
 def test_time_to_first_token_covers_the_prefill_and_nothing_after():
@@ -181,3 +187,64 @@ def test_bad_mode_settings_are_rejected():
         LayerSkipDecoding(heads, exit_layer=1, draft_length=-1)
     with pytest.raises(ValueError, match="max_draft must be >= 1, got 0"):
         DSSDDecoding(ThresholdPolicy(heads, "entropy", {1: -1.0}), max_draft=0)
+
+
+class ScriptedDrafts:
+    """A draft policy that follows a script, one action per drafting pass: "right" drafts the
+    full model's greedy token for that position, "wrong" another token, "none" lets no head fire."""
+
+    def __init__(self, engine, prompt_len, reference, script):
+        self.engine, self.prompt_len, self.reference, self.script = engine, prompt_len, reference, script
+
+    def __call__(self, layer, hidden):
+        action = self.script.pop(0)
+        if action == "none":
+            return None
+        # The fed token sits at position engine.length; the draft predicts the next one.
+        right = self.reference[self.engine.length + 1 - self.prompt_len]
+        logits = torch.zeros(VOCAB)
+        logits[right if action == "right" else (right + 1) % VOCAB] = 1.0
+        return logits
+
+
+def test_acceptance_is_counted_both_ways_on_a_scripted_run():
+    """Hand-counted, max_draft 3, 13 tokens (the prefill emits the first):
+    cycle 1: right right none  -> 2 head drafts accepted, full-model draft accepted, 4 tokens
+    cycle 2: right wrong none  -> 1 of 2 accepted, full-model draft discarded, 6 tokens
+    cycle 3: right right right -> 3 of 3 and a bonus; the 4th pass is full because the budget of
+                                  drafts is spent: no full-model draft, 10 tokens
+    cycle 4: none              -> no head draft, full-model draft accepted, 11 tokens
+    cycle 5: wrong none        -> (2 tokens left, so 2 drafts allowed) 0 of 1, full-model draft
+                                  discarded, 12 tokens
+    cycle 6: right             -> (1 token left) budget spent after it: 1 of 1, 13 tokens
+    Head drafts: 7 of 9 accepted; full-model drafts: 2 of 4; as the demo counts: 9 of 13."""
+    from earlyexit.decoding.speculative import speculative_generate
+
+    adapter = get_adapter(damped_model(10))
+    heads = HeadSet(adapter, HeadSpec("shared", (1,)))
+    prompt = prompts(1, 10)[0]
+    settings = DecodeSettings(max_new_tokens=13)
+    reference = FullDecoding().generate(ExitEngine(adapter), prompt, settings).ids
+    script = ["right", "right", "none", "right", "wrong", "none", "right", "right", "right"]
+    script += ["none", "wrong", "none", "right"]
+    engine = ExitEngine(adapter, exit_layers=[1])
+    policy = ScriptedDrafts(engine, len(prompt), reference, script)
+    result = speculative_generate(engine, prompt, settings, policy, 3, [1], heads)
+    assert result.ids == reference  # lossless whatever the drafts
+    assert script == []  # every scripted pass ran
+    s = result.stats
+    assert (s.drafted, s.accepted, s.full_model_drafts, s.full_model_drafts_accepted) == (9, 7, 4, 2)
+    assert s.acceptance_rate == pytest.approx(7 / 9)
+    assert s.acceptance_rate_demo == pytest.approx(9 / 13)
+    assert s.as_dict()["acceptance_rate_demo"] == pytest.approx(9 / 13)
+
+
+def test_layerskip_never_has_a_full_model_draft_so_both_rates_agree():
+    adapter = get_adapter(damped_model(11))
+    heads = HeadSet(adapter, HeadSpec("shared", (1, 3)))
+    settings = DecodeSettings(max_new_tokens=16)
+    for prompt in prompts(3, 11):
+        engine = ExitEngine(adapter, exit_layers=[3])
+        stats = LayerSkipDecoding(heads, 3, 4).generate(engine, prompt, settings).stats
+        assert stats.drafted > 0 and stats.full_model_drafts == 0
+        assert stats.acceptance_rate_demo == stats.acceptance_rate

@@ -98,3 +98,21 @@ def test_a_mode_doing_full_work_comes_out_within_noise_on_the_embedded_model():
     assert full.ids == dssd.ids
     result = speedup_interval(full, dssd)
     assert result["within_noise"], result
+
+
+def test_summary_reports_acceptance_both_ways_over_one_repeat():
+    """Head drafts only, and as the DSSD demo counts (full-model tokens as drafts): over the first
+    repeat's prompts, (3 + 4) / (4 + 6) and (3 + 4 + 1 + 2) / (4 + 6 + 2 + 3)."""
+    first = [
+        DecodeStats(tokens=9, drafted=4, accepted=3, full_model_drafts=2, full_model_drafts_accepted=1),
+        DecodeStats(tokens=9, drafted=6, accepted=4, full_model_drafts=3, full_model_drafts_accepted=2),
+    ]
+    again = [DecodeStats(tokens=9, drafted=1, full_model_drafts=9) for _ in first]  # a repeat: not work
+    for s in (*first, *again):
+        s.ttft_s, s.total_s = 0.001, 0.009
+    out = Measured("dssd", samples=[*first, *again], prompts=2).summary()
+    assert out["acceptance_rate"] == pytest.approx(7 / 10)
+    assert out["acceptance_rate_demo"] == pytest.approx(10 / 15)
+    assert out["full_model_drafts"] == 5
+    no_drafts = Measured("full", samples=[DecodeStats(tokens=9, ttft_s=0.001, total_s=0.009)], prompts=1)
+    assert math.isnan(no_drafts.summary()["acceptance_rate_demo"])

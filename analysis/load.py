@@ -41,6 +41,7 @@ COST_CATEGORIES = (
     "layers_draft",
     "layers_verify",
     "layers_fill",
+    "kv_projections",
     "head_matmuls",
     "exit_decisions",
     "unembedding",

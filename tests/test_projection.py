@@ -268,6 +268,27 @@ def _bars(ax) -> dict[str, list[tuple[float, float, float]]]:
     return out
 
 
+def test_a_propagate_run_pays_its_kv_projections_and_no_fill(tmp_path):
+    """6 of 10 tokens exit after 3 layers and project their K/V for the 5 layers they skipped."""
+    trace = TraceCounts(passes=10)
+    trace.segments[(3, 1, 0, 15, True)] = 6
+    trace.segments[(8, 1, 0, 15, False)] = 4
+    trace.checks.update({(2, True): 6, (2, False): 4})
+    trace.unembed[1] = 4
+    trace.projections[(5, 1)] = 6
+    profile = make_profile()
+    profile.projection_layer_ms = 0.05
+    s = ResultStore(tmp_path / "records.jsonl")
+    s.append(run_record("full", 9.5, 9.5, profile=profile))
+    s.append(run_record("early-exit", 6.0, 9.0, trace, profile=profile, **{"engine.kv": "propagate"}))
+    (ax,) = fig_time_breakdown(load_results(s.path)).axes
+    bars = _bars(ax)
+    full_bar, propagate_bar = bars["kv_projections"]
+    assert full_bar[2] == 0 and propagate_bar[0] == pytest.approx(1)
+    assert propagate_bar[2] == pytest.approx(6 * 5 * 0.05 / 10)
+    assert "layers_fill" not in bars
+
+
 def _gid(ax, gid: str) -> PathCollection:
     (found,) = [c for c in ax.collections if c.get_gid() == gid]
     return found
@@ -283,11 +304,12 @@ def test_time_breakdown_stacks_each_runs_categories_and_marks_its_measured_time(
         "LayerSkip E=2 K=4",
     ]
     bars = _bars(ax)
-    # Every category is paid by some run here (verification by LayerSkip's pending rows alone).
-    assert set(bars) == set(COST_CATEGORIES)
+    # Every category is paid by some run here (verification by LayerSkip's pending rows alone),
+    # but K/V projections, which only an engine.kv=propagate run pays (the next test).
+    assert set(bars) == set(COST_CATEGORIES) - {"kv_projections"}
     ee = df[df["mode"] == "early-exit"].iloc[0]
     left = 0.0
-    for category in COST_CATEGORIES:
+    for category in [c for c in COST_CATEGORIES if c in bars]:
         y, x, width = bars[category][1]
         assert y == pytest.approx(1) and x == pytest.approx(left)
         assert width == pytest.approx(ee[f"time_ms.{category}"])

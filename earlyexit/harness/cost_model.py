@@ -11,6 +11,8 @@ Categories (ms per output token after the first):
 - ``layers_draft``: layers run by tokens that exited (drafts, early-exited tokens) before exiting;
 - ``layers_verify``: speculative modes: drafts carried through the layers above their exit;
 - ``layers_fill``: early-exit: exited tokens' skipped layers, run to fill their K/V;
+- ``kv_projections``: early-exit with ``engine.kv=propagate``: exited tokens' K/V projected
+  from their exit state for the layers they skipped;
 - ``head_matmuls``: every evaluated head's own matmul;
 - ``exit_decisions``: metric, threshold and host read beyond the head's matmul;
 - ``unembedding``: final norm + output matmul over a full-depth pass's rows;
@@ -28,6 +30,7 @@ CATEGORIES = (
     "layers_draft",
     "layers_verify",
     "layers_fill",
+    "kv_projections",
     "head_matmuls",
     "exit_decisions",
     "unembedding",
@@ -52,6 +55,8 @@ def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | Non
     evaluated = trace.heads_evaluated
     out["head_matmuls"] = evaluated * profile.head_ms
     out["exit_decisions"] = evaluated * profile.decision_overhead_ms(metric if DECIDES[mode] else None)
+    if trace.projections:
+        out["kv_projections"] = trace.projected_rows * profile.projection_ms()
     out["unembedding"] = sum(n * profile.unembedding_ms(rows) for rows, n in trace.unembed.items())
     out["pass_fixed"] = trace.passes * profile.pass_fixed_ms
     return out

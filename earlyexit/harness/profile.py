@@ -15,6 +15,8 @@ of them alike), each the median over rounds after untimed warm-up rounds:
 - one head's matmul, and one whole exit decision per metric (head + metric + threshold + host
   read, through ``ThresholdPolicy`` exactly as decoding calls it), each timed right after an
   untimed pass through every layer, as in decoding, where the layers push them out of cache;
+- one layer's K/V projection of one row (``engine.kv=propagate``): all layers' projections of
+  an exited token, timed after a pass through the layers, divided by the layer count;
 - the fixed cost per engine pass: one full-depth decode step through the decode loop
   (``Run.forward`` + the greedy pick) minus its priced segment and unembedding.
 """
@@ -45,6 +47,7 @@ from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
 
 FORMAT = "earlyexit.profile/1"
+COMPONENTS = 2  # 2: + the K/V projection of engine.kv=propagate; a cached profile of 1 is re-measured
 # What must match between a profile and the runs it prices (device and dtype may differ:
 # that is what a projection is for).
 SHAPE_KEYS = ("model_shape", "head_architecture", "head_rank")
@@ -63,6 +66,7 @@ def model_shape(adapter: ModelAdapter) -> str:
 def profile_identity(adapter: ModelAdapter, heads: HeadSet, graphs: bool, device_name: str) -> dict:
     return {
         "format": FORMAT,
+        "components": COMPONENTS,
         "device": adapter.device.type,
         "device_name": device_name,
         "dtype": str(adapter.dtype).removeprefix("torch."),
@@ -86,6 +90,7 @@ class CostProfile:
     head_ms: float  # one head's logits for one row
     decision_ms: dict[str, float]  # metric -> head + metric + threshold + host read
     pass_fixed_ms: float  # per engine pass, outside layers, heads and unembedding
+    projection_layer_ms: float | None = None  # one layer's K/V of one row (None: profile predates it)
 
     # ------------------------------------------------------------------ prices
     def segment_ms(self, layers: int, rows: int, kv_len: int) -> float:
@@ -96,6 +101,15 @@ class CostProfile:
 
     def unembedding_ms(self, rows: int) -> float:
         return max(0.0, _interp1(self.rows, self.unembed_ms, rows))
+
+    def projection_ms(self) -> float:
+        """One layer's K/V projection of one exited token's state (engine.kv=propagate)."""
+        if self.projection_layer_ms is None:
+            raise ValueError(
+                f"profile {self.key} has no K/V projection time (measured before engine.kv existed); "
+                "measure it again to price engine.kv=propagate runs"
+            )
+        return max(0.0, self.projection_layer_ms)
 
     def decision_overhead_ms(self, metric: str | None) -> float:
         """What an exit decision costs beyond the head's matmul (0 for a bare head call)."""
@@ -158,6 +172,8 @@ class CostProfile:
             f"{self.pass_fixed_ms:.4f} ms",
             f"  exit decision {decisions}",
         ]
+        if self.projection_layer_ms is not None:
+            lines.append(f"  K/V projection (engine.kv=propagate) {self.projection_layer_ms:.4f} ms a layer")
         return "\n".join(lines)
 
 
@@ -225,6 +241,7 @@ def measure_profile(
     }
     layer0 = heads.layers[0]
     cold[("head",)] = partial(heads, layer0, hidden[0])
+    cold[("project",)] = partial(engine._propagate, 0, [mid - 1], hidden[:1])
     for name in METRICS:  # a threshold no score reaches: the common case, a head that does not fire
         cold[("decision", name)] = partial(ThresholdPolicy(heads, name, {layer0: 1e30}), layer0, hidden[0])
     for key, fn in cold.items():
@@ -254,6 +271,7 @@ def measure_profile(
         ms["head",],
         {name: ms["decision", name] for name in METRICS},
         0.0,
+        ms["project",] / L,
     )
     priced = profile.segment_ms(L, 1, _graph_kv(engine, mid)) + profile.unembedding_ms(1)
     profile.pass_fixed_ms = max(0.0, ms["step",] - priced)

@@ -15,7 +15,7 @@ from earlyexit.model.adapter import get_adapter
 from earlyexit.model.trace import TraceCounts
 
 
-def _profile(**identity) -> CostProfile:
+def _profile(projection_layer_ms: float | None = None, **identity) -> CostProfile:
     # segment = fixed + layers * per_layer; per_layer grows with rows and KV length.
     return CostProfile(
         identity={
@@ -36,6 +36,7 @@ def _profile(**identity) -> CostProfile:
         head_ms=0.3,
         decision_ms={"entropy": 0.45, "max-prob": 0.4, "margin": 0.42},
         pass_fixed_ms=0.05,
+        projection_layer_ms=projection_layer_ms,
     )
 
 
@@ -81,6 +82,26 @@ def test_a_trace_is_priced_part_by_part_by_hand():
         price(trace, p, "fast", None)
 
 
+def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_cannot():
+    trace = TraceCounts(
+        passes=2,
+        segments=Counter({(2, 1, 0, 10, True): 2}),
+        checks=Counter({(1, True): 2}),
+        projections=Counter({(4, 1): 2}),  # two exited tokens, 4 skipped layers each
+    )
+    got = price(trace, _profile(projection_layer_ms=0.02), "early-exit", "entropy")
+    assert got["kv_projections"] == pytest.approx(2 * 4 * 0.02)
+    assert got["layers_fill"] == 0
+    with pytest.raises(ValueError, match="no K/V projection time .* measure it again"):
+        price(trace, _profile(), "early-exit", "entropy")
+    # A trace without projections never asks for one: old profiles still price old runs.
+    assert price(TraceCounts(passes=1), _profile(), "full", None)["kv_projections"] == 0
+    # Traces stored before kv strategies existed have no projections entry.
+    old = TraceCounts.from_json({"passes": 1, "segments": [], "checks": [], "unembed": []})
+    assert old.projections == Counter()
+    assert TraceCounts.from_json(trace.to_json()) == trace
+
+
 def test_a_profile_refuses_runs_of_another_shape_or_head_naming_both():
     p = _profile()
     p.check_prices("S", "linear")
@@ -97,6 +118,7 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     assert p.rows == [1, 2, 3] and p.kv_lengths == [12, 20]
     assert len(p.layer_ms) == 3 and all(len(r) == 2 for r in p.layer_ms)
     assert p.head_ms > 0 and set(p.decision_ms) == {"entropy", "max-prob", "margin"}
+    assert 0 < p.projection_layer_ms < p.layer_ms[0][0]  # two of a layer's matmuls, no attention or MLP
     assert p.identity["model_shape"] == model_shape(adapter)
     assert p.identity["head_architecture"] == "linear"
     path = tmp_path / "profile.json"

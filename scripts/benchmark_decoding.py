@@ -11,7 +11,8 @@ the bandwidth roofline, with machine, dtype and versions; stores the component c
 (earlyexit/harness/profile.py) under benchmarks/profiles/, which `python -m analysis.project`
 uses to project stored runs onto this device. Random-weight Pythia shapes have meaningless
 exits, so only full and layerskip (a fixed pattern whose cost is real) are timed there, plus
-the profile. Every mode and the profile are measured eagerly and, on CUDA, again with
+the profile. Early-exit runs once per KV strategy in `--kv` ("early-exit kv=propagate", ...).
+Every mode and the profile are measured eagerly and, on CUDA, again with
 segments and heads replayed as CUDA graphs (earlyexit/model/graphs.py), stored side by side,
 never mixed. Kept free of Hydra, pandas and lm-eval so it runs on a bare GPU box.
 """
@@ -44,6 +45,7 @@ from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_i
 from earlyexit.harness.profile import measure_profile
 from earlyexit.harness.timing import copy_bandwidth, device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
+from earlyexit.model.engine import KV_STRATEGIES
 from earlyexit.model.graphs import Capture, ReplayCapture, default_capture, kv_bucket
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
 from earlyexit.model.trace import TraceCounts
@@ -78,11 +80,15 @@ def build(args):
 
 
 def modes(heads, thresholds, args):
-    """full, layerskip, and with calibrated thresholds early-exit and dssd (each at its target)."""
+    """full, layerskip, and with calibrated thresholds early-exit (once per KV strategy) and dssd."""
     exit_layer = heads.layers[args.layerskip_head]
     out = {"full": FullDecoding(), "layerskip": LayerSkipDecoding(heads, exit_layer, args.draft_length)}
     if thresholds is not None:
-        out["early-exit"] = EarlyExitDecoding(ThresholdPolicy(heads, args.metric, thresholds[args.target]))
+        policy = ThresholdPolicy(heads, args.metric, thresholds[args.target])
+        for kv in args.kv:
+            strategy = EarlyExitDecoding(policy, kv)
+            strategy.name = "early-exit" if kv == "fill" else f"early-exit kv={kv}"
+            out[strategy.name] = strategy
         dssd = ThresholdPolicy(heads, args.metric, thresholds[args.dssd_target])
         out["dssd"] = DSSDDecoding(dssd, max_draft=args.max_draft)
     return out
@@ -150,7 +156,7 @@ def predictions(results: dict, profile_by_regime: dict, metric: str) -> None:
     """Each mode's time per token predicted from its trace, beside the measured mean."""
     for name, r in results.items():
         regime = "graphs" if name.endswith(" (graphs)") else "eager"
-        mode = name.removesuffix(" (graphs)")
+        mode = name.removesuffix(" (graphs)").split(" kv=")[0]
         if "trace" not in r or mode not in DECIDES or regime not in profile_by_regime:
             continue
         trace = TraceCounts.from_json(r["trace"])
@@ -180,6 +186,12 @@ def main() -> None:
     p.add_argument(
         "--layerskip-head", type=int, default=-1, help="index into the head layers for layerskip's E"
     )
+    p.add_argument(
+        "--kv",
+        type=lambda text: text.split(","),
+        default=["fill", "propagate", "skip"],
+        help="early-exit's KV strategies, comma-separated (fill is exact; propagate, skip are lossy)",
+    )
     p.add_argument("--draft-length", type=int, default=4)
     p.add_argument("--max-draft", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -194,6 +206,9 @@ def main() -> None:
     p.add_argument("--profiles-out", type=Path, default=Path("benchmarks/profiles"))
     args = p.parse_args()
 
+    bad_kv = [k for k in args.kv if k not in KV_STRATEGIES]
+    if bad_kv:
+        p.error(f"--kv {','.join(bad_kv)}: not a KV strategy; valid: {', '.join(KV_STRATEGIES)}")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     try:  # before any loading

@@ -66,3 +66,10 @@ def test_benchmark_script_refuses_cuda_graphs_without_a_gpu(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "CUDA graphs need a CUDA device, got 'cpu'" in out.stderr
+
+
+def test_benchmark_script_refuses_an_unknown_kv_strategy_before_loading():
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_decoding.py"), "--kv", "fill,copy"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--kv copy: not a KV strategy; valid: fill, propagate, skip" in out.stderr

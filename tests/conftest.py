@@ -11,6 +11,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from earlyexit.exits.confidence import should_exit
 from earlyexit.exits.head_stats import collect_head_stats
 
 # The tests' models are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
@@ -111,3 +112,47 @@ def quantile_thresholds(adapter, heads, metric, q):
 @pytest.fixture
 def neox64():
     return tiny_gpt_neox()
+
+
+@torch.no_grad()
+def naive_teacher_forced(model, policy, ids, score_from: int, rule: str):
+    """Teacher-forced exits by brute force under `rule` ("fill", "propagate" or "skip").
+
+    Shares no engine code: for each fed position t >= score_from the whole prefix ids[:t+1] is
+    recomputed layer by layer with the model's own layer modules and a full causal mask. Token t
+    leaves at the first exit layer whose head score passes its threshold; an earlier token that
+    left at e keeps, at every layer j > e, its exit state (propagate: others attend to the K/V the
+    layer computes from it; skip: it is masked out of their attention; fill: it is computed on).
+    Positions below score_from are the prefill, at full depth. Returns ([n, V] logits, exit layers).
+    """
+    base = model.gpt_neox if hasattr(model, "gpt_neox") else model.model
+    embed = base.embed_in if hasattr(base, "embed_in") else base.embed_tokens
+    norm = base.final_layer_norm if hasattr(base, "final_layer_norm") else base.norm
+    last = len(base.layers) - 1
+    ids = [int(i) for i in ids]
+    exit_of, emitted = [last] * score_from, []
+    for t in range(score_from, len(ids)):
+        n = t + 1
+        h = embed(torch.tensor([ids[:n]]))
+        pos = torch.arange(n)
+        pos_emb = base.rotary_emb(h, pos[None])
+        causal = pos[None, :] <= pos[:, None]
+        states = [*exit_of, last]
+        logits, layer = None, last
+        for j, module in enumerate(base.layers):
+            frozen = torch.tensor([e < j for e in states])
+            mask = causal & ~frozen[None, :] if rule == "skip" else causal
+            mask = mask | torch.eye(n, dtype=torch.bool)  # a frozen row's output is discarded anyway
+            new = module(h, attention_mask=mask[None, None], position_embeddings=pos_emb)
+            new = new[0] if isinstance(new, tuple) else new
+            h = new if rule == "fill" else torch.where(frozen[None, :, None], h, new)
+            if j in policy.thresholds:
+                head_logits = policy.heads(j, h[0, -1])
+                if should_exit(policy.metric(head_logits), policy.thresholds[j]):
+                    logits, layer = head_logits, j
+                    break
+        if logits is None:
+            logits = model.get_output_embeddings()(norm(h[0, -1]))
+        exit_of.append(layer)
+        emitted.append(logits)
+    return torch.stack(emitted), exit_of[score_from:]

@@ -6,6 +6,10 @@ plain full forward's, and one forward plus the heads gives each position's early
 Exits are applied at *every* scored position (the engine's prefill would run the first
 generated token at full depth; scoring it the same way as later tokens measures what exits do
 to each prediction).
+
+That holds for ``kv="fill"`` only. Under ``propagate`` and ``skip`` a position's hidden states
+depend on where earlier tokens exited, so each request is scored token by token through the
+engine (``teacher_forced_exits``): one pass per scored token instead of one batched forward.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, FullDecoding
+from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, FullDecoding, Strategy, engine_for
+from earlyexit.decoding.base import kv_of
+from earlyexit.decoding.teacher_forced import teacher_forced_exits
 from earlyexit.exits.confidence import should_exit
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.model.adapter import ModelAdapter
-from earlyexit.model.engine import ExitEngine
+from earlyexit.model.engine import ExitEngine, check_kv_strategy
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,11 @@ class EarlyExitLM(TemplateLM):
     encoding (trailing spaces move to the continuation; an empty context becomes the EOS
     token), so scores are comparable with lm-eval's ``HFLM``. ``exit_histogram`` counts, per
     exit layer (``num_layers - 1`` = full depth), the positions scored or generated.
+
+    ``kv`` is how exited tokens' K/V are kept (``earlyexit.model.engine``), in scoring and in
+    generation alike. Scoring is one batched forward under ``fill`` and token by token through
+    the engine otherwise; ``token_by_token=True`` forces the latter under ``fill`` too (it gives
+    the same scores, slower: a check of the engine, or a timing).
     """
 
     backend = "causal"
@@ -93,10 +104,15 @@ class EarlyExitLM(TemplateLM):
         max_length: int | None = None,
         max_gen_toks: int = 256,
         disable_tqdm: bool = False,
+        kv: str = "fill",
+        token_by_token: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_kv_strategy(kv)
+        self.kv = kv
+        self.token_by_token = kv != "fill" if token_by_token is None else bool(token_by_token)
         self.adapter = adapter
         self.tokenizer = tokenizer
         self.policy = policy
@@ -105,7 +121,7 @@ class EarlyExitLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
         self.disable_tqdm = disable_tqdm
         self.exit_histogram: Counter[int] = Counter()
-        self._engine: ExitEngine | None = None
+        self._engines: dict[tuple[tuple[int, ...], str], ExitEngine] = {}
         self._device = adapter.device
 
     # -- identity and tokenisation (TemplateLM's hooks)
@@ -135,6 +151,7 @@ class EarlyExitLM(TemplateLM):
             "model": self.adapter.model_id,
             "exit_layers": self.policy.exit_layers if self.policy else [],
             "metric": self.policy.metric.name if self.policy else None,
+            "kv": self.kv,
         }
 
     # -- exit accounting
@@ -165,37 +182,51 @@ class EarlyExitLM(TemplateLM):
                 raise ValueError("every request needs at least one context and one continuation token")
             if len(cont) > self.max_length:
                 raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
-        # Longest first: padding is minimal within a batch and the slowest batch comes first.
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
+        # The scored model's input: context and continuation but the last token, cut to fit.
+        inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for _, ctx, cont in requests]
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm or self.disable_tqdm)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1) :][:-1] for i in chunk]
-            width = max(len(x) for x in inputs)
-            # Right padding: a causal model's real positions never see the pad tokens.
-            batch = torch.tensor([x + [self.eot_token_id] * (width - len(x)) for x in inputs])
-            logits, exits = early_exit_logits(
-                self.adapter, self.policy.heads if self.policy else None, self.policy, batch
-            )
-            for row, i in enumerate(chunk):
-                request_str, _, cont = requests[i]
-                end = len(inputs[row])
-                span = slice(end - len(cont), end)
-                # Softmax over the continuation only: [B, T, V] in float32 would be GBs for Pythia.
-                lp = F.log_softmax(logits[row, span].float(), dim=-1)
-                target = torch.tensor(cont, device=lp.device)
-                answer = (
-                    float(lp.gather(-1, target[:, None]).sum()),
-                    bool((lp.argmax(-1) == target).all()),
-                )
-                self.exit_histogram.update(exits[row, span].tolist())
-                results[i] = answer
-                if request_str is not None:
-                    self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        if self._scores_token_by_token():
+            engine = self._get_engine(self._strategy())
+            for i, x in enumerate(inputs):
+                scored = teacher_forced_exits(engine, self.policy, x, len(x) - len(requests[i][2]))
+                results[i] = self._record(requests[i], scored.logits, scored.exit_layers)
                 bar.update(1)
+        else:
+            # Longest first: padding is minimal within a batch and the slowest batch comes first.
+            order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                width = max(len(inputs[i]) for i in chunk)
+                # Right padding: a causal model's real positions never see the pad tokens.
+                batch = torch.tensor(
+                    [inputs[i] + [self.eot_token_id] * (width - len(inputs[i])) for i in chunk]
+                )
+                logits, exits = early_exit_logits(
+                    self.adapter, self.policy.heads if self.policy else None, self.policy, batch
+                )
+                for row, i in enumerate(chunk):
+                    span = slice(len(inputs[i]) - len(requests[i][2]), len(inputs[i]))
+                    results[i] = self._record(requests[i], logits[row, span], exits[row, span].tolist())
+                    bar.update(1)
         bar.close()
         return results  # type: ignore[return-value]
+
+    def _scores_token_by_token(self) -> bool:
+        """Only a policy that can exit makes positions depend on earlier exits."""
+        return self.token_by_token and self.policy is not None and bool(self.policy.exit_layers)
+
+    def _record(self, request: tuple, logits: torch.Tensor, exits: list[int]) -> tuple[float, bool]:
+        """Score one request from its continuation's logits [len(cont), V]; count its exits."""
+        request_str, _, cont = request
+        # Softmax over the continuation only: [B, T, V] in float32 would be GBs for Pythia.
+        lp = F.log_softmax(logits.float(), dim=-1)
+        target = torch.tensor(cont, device=lp.device)
+        answer = (float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+        self.exit_histogram.update(exits)
+        if request_str is not None:
+            self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        return answer
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
         """Whole-string log-likelihood in disjoint rolling windows, as lm-eval's ``HFLM`` does."""
@@ -228,8 +259,8 @@ class EarlyExitLM(TemplateLM):
         The decoding strategies have no stop-string hook, so each request generates up to
         ``max_gen_toks`` tokens (or EOS) and the text is cut afterwards; the output is the same.
         """
-        strategy = EarlyExitDecoding(self.policy) if self.policy else FullDecoding()
-        engine = self._get_engine(strategy.exit_layers)
+        strategy = self._strategy()
+        engine = self._get_engine(strategy)
         eos_text = self.tokenizer.decode([self.eot_token_id])
         outputs: list[str] = []
         for req in tqdm(requests, desc="generate_until", disable=disable_tqdm or self.disable_tqdm):
@@ -271,7 +302,13 @@ class EarlyExitLM(TemplateLM):
             self.exit_histogram[self.adapter.num_layers - 1] += 1
         self.exit_histogram.update(result.stats.exit_histogram)
 
-    def _get_engine(self, exit_layers: list[int]) -> ExitEngine:
-        if self._engine is None or self._engine.exit_layers != sorted(exit_layers):
-            self._engine = ExitEngine(self.adapter, exit_layers=exit_layers, max_len=self.max_length)
-        return self._engine
+    def _strategy(self) -> Strategy:
+        """How this model decodes; its engine also scores token by token, so both share one."""
+        return EarlyExitDecoding(self.policy, self.kv) if self.policy else FullDecoding()
+
+    def _get_engine(self, strategy: Strategy) -> ExitEngine:
+        """One engine per (exit layers, kv), reused across requests."""
+        key = (tuple(strategy.exit_layers), kv_of(strategy))
+        if key not in self._engines:
+            self._engines[key] = engine_for(strategy, self.adapter, max_len=self.max_length)
+        return self._engines[key]

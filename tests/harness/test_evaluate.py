@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_gpt_neox
+from conftest import VOCAB, damped_model, naive_teacher_forced, quantile_thresholds, tiny_gpt_neox
 from lm_eval.api.instance import Instance
 from torch.nn import functional as F
 
 from earlyexit.data.paths import shared_data_dir
-from earlyexit.decoding import DecodeSettings, EarlyExitDecoding
+from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, engine_for
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.lm_eval_model import EarlyExitLM, early_exit_logits
@@ -213,6 +214,118 @@ def test_generate_until_respects_until_and_max_gen_toks(embedded):
     ee = EarlyExitLM(adapter, tok, policy, disable_tqdm=True)
     (text,) = ee.generate_until([request("generate_until", prompt, {"until": ["\n\n"], "max_gen_toks": 16})])
     assert isinstance(text, str) and "\n\n" not in text and 0 < ee.positions <= 16
+
+
+# ------------------------------------------------------------------------ EarlyExitLM under a KV strategy
+
+
+@pytest.fixture(scope="module")
+def damped():
+    """A float64 model whose heads fire often, so where earlier tokens exited matters."""
+    model = damped_model(2).double()
+    adapter = get_adapter(model)
+    heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
+    return (
+        model,
+        adapter,
+        ThresholdPolicy(heads, "entropy", quantile_thresholds(adapter, heads, "entropy", 0.5)),
+    )
+
+
+STUB_TOKENIZER = SimpleNamespace(eos_token_id=0, name_or_path="stub")  # token requests need only EOS
+
+
+def token_requests(n: int = 8, seed: int = 7) -> list[tuple[None, list[int], list[int]]]:
+    """Random (None, context, continuation) token requests; the first has a one-token context,
+    the second one longer than max_length=16 so it is cut from the left."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(low: int, high: int) -> list[int]:
+        return torch.randint(
+            0, VOCAB, (int(torch.randint(low, high, (1,), generator=gen)),), generator=gen
+        ).tolist()
+
+    return [(None, draw(1, 2), draw(3, 5)), (None, draw(20, 24), draw(2, 4))] + [
+        (None, draw(1, 10), draw(1, 5)) for _ in range(n - 2)
+    ]
+
+
+def rule_loglikelihood(model, policy, request, rule: str, max_length: int = 16) -> tuple[float, list[int]]:
+    """A request's log-likelihood and exits from the brute-force recompute under `rule`, fed as
+    EarlyExitLM feeds it: the context but its last token prefilled, the rest one by one."""
+    _, ctx, cont = request
+    inputs = (ctx + cont)[-(max_length + 1) :][:-1]
+    logits, exits = naive_teacher_forced(model, policy, inputs, len(inputs) - len(cont), rule)
+    lp = F.log_softmax(logits.float(), -1)
+    return float(lp.gather(-1, torch.tensor(cont)[:, None]).sum()), exits
+
+
+def test_token_by_token_scoring_equals_batched_under_fill(damped):
+    """Under fill positions do not depend on earlier exits: both paths give the same scores."""
+    _, adapter, policy = damped
+    requests = token_requests()
+    batched = EarlyExitLM(adapter, STUB_TOKENIZER, policy, batch_size=3, max_length=16, disable_tqdm=True)
+    stepped = EarlyExitLM(
+        adapter, STUB_TOKENIZER, policy, max_length=16, disable_tqdm=True, token_by_token=True
+    )
+    assert not batched._scores_token_by_token() and stepped._scores_token_by_token()
+    want, got = batched._loglikelihood_tokens(requests), stepped._loglikelihood_tokens(requests)
+    for (ll, greedy), (ll2, greedy2) in zip(want, got, strict=True):
+        assert ll2 == pytest.approx(ll, abs=1e-9) and greedy2 == greedy
+    assert stepped.exit_histogram == batched.exit_histogram
+    assert len(batched.exit_histogram) > 1  # exits and full passes both happen
+    assert stepped.positions == sum(len(cont) for _, _, cont in requests)
+
+
+@pytest.mark.parametrize("rule", ["propagate", "skip"])
+def test_scores_follow_the_kv_rule(damped, rule):
+    model, adapter, policy = damped
+    requests = token_requests()
+    lm = EarlyExitLM(adapter, STUB_TOKENIZER, policy, max_length=16, disable_tqdm=True, kv=rule)
+    assert lm._scores_token_by_token() and lm.get_model_info()["kv"] == rule
+    got = lm._loglikelihood_tokens(requests)
+    fill = EarlyExitLM(
+        adapter, STUB_TOKENIZER, policy, max_length=16, disable_tqdm=True
+    )._loglikelihood_tokens(requests)
+    histogram, off_fill = Counter(), 0.0
+    for request, (ll, _), (ll_fill, _) in zip(requests, got, fill, strict=True):
+        want, exits = rule_loglikelihood(model, policy, request, rule)
+        assert ll == pytest.approx(want, abs=1e-9), request
+        histogram.update(exits)
+        off_fill = max(off_fill, abs(ll - ll_fill))
+    assert lm.exit_histogram == histogram
+    assert sum(n for k, n in histogram.items() if k < adapter.num_layers - 1) >= 8, "heads must fire often"
+    assert off_fill > 1e-6, "the rule changed no score: the test would not see a fill in disguise"
+
+
+def test_one_token_context_is_fed_with_exits(damped):
+    """Nothing to prefill: the context's only token is fed like the continuation, and may exit."""
+    model, adapter, _ = damped
+    heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
+    always = ThresholdPolicy(heads, "entropy", {1: -INF})
+    request = (None, [5], [7, 8, 9])
+    lm = EarlyExitLM(adapter, STUB_TOKENIZER, always, disable_tqdm=True, kv="skip")
+    ((ll, _),) = lm._loglikelihood_tokens([request])
+    assert lm.exit_histogram == Counter({1: 3})  # the context token too: no prefill ran
+    assert ll == pytest.approx(rule_loglikelihood(model, always, request, "skip")[0], abs=1e-9)
+
+
+def test_generate_until_decodes_under_the_kv_rule(embedded):
+    adapter, tok = embedded
+    heads = HeadSet.load(sorted((EMBEDDED_MODEL_DIR / "heads").glob("*.safetensors"))[0], adapter)
+    policy = ThresholdPolicy(heads, "entropy", {1: -3.0, 5: -1.5})
+    prompt = "def main():\n    "
+    lm = EarlyExitLM(adapter, tok, policy, disable_tqdm=True, kv="propagate")
+    (text,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 16})])
+    strategy = EarlyExitDecoding(policy, kv="propagate")
+    result = strategy.generate(
+        engine_for(strategy, adapter), torch.tensor(tok.encode(prompt)), DecodeSettings(16, 0)
+    )
+    assert text == tok.decode([t for t in result.ids if t != 0], skip_special_tokens=True)
+    assert [engine.kv for engine in lm._engines.values()] == ["propagate"]
+    assert lm.exit_histogram[1] + lm.exit_histogram[5] > 0  # the heads fired
+    with pytest.raises(ValueError, match="unknown KV strategy 'copy'"):
+        EarlyExitLM(adapter, tok, policy, kv="copy")
 
 
 # ----------------------------------------------------------------------------- stdlib_lambada

@@ -27,11 +27,13 @@ test: lint
 	$(PY) -m pytest
 
 # The main job: one default run (its summary table is printed), then a small study on the
-# embedded model (early-exit and DSSD at three targets, LayerSkip at two exit layers), then
+# embedded model (early-exit and DSSD at three targets, early-exit again with each lossy KV
+# strategy of an exited token, LayerSkip at two exit layers), then
 # the figures for it. Finished configs are skipped, so a second `make demo` only redraws.
 demo: $(STAMP)
 	$(PY) run.py
 	$(PY) run.py -m mode=early-exit,dssd calibration.target=0.6,0.8,0.95
+	$(PY) run.py -m mode=early-exit engine.kv=propagate,skip calibration.target=0.6,0.8,0.95
 	$(PY) run.py -m mode=layerskip mode.exit_layer=2,4
 	$(MAKE) figures
 	@echo "figures and summary: $(FIGURES)/ (start with $(FIGURES)/speed_accuracy_speedup.png and $(FIGURES)/summary.md)"

@@ -34,6 +34,7 @@ from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
 from earlyexit.harness.cost_model import CATEGORIES, predict
+from earlyexit.harness.heldout import heldout_agreement
 from earlyexit.harness.loggers import log_run
 from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
 from earlyexit.harness.profile import CostProfile, measure_profile, profile_identity
@@ -140,6 +141,8 @@ def validate(cfg: DictConfig) -> None:
     check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5), kv_strategy(cfg))
     bench_keys = ("prompts", "prompt_len", "max_new_tokens", "repeats", "profile_repeats")
     _positive(cfg, *(f"bench.{k}" for k in bench_keys))
+    if kv_strategy(cfg) != "fill":
+        _positive(cfg, "engine.kv_heldout_tokens")
     if cfg.bench.get("cuda_graphs"):
         try:
             default_capture(cfg.device)
@@ -295,6 +298,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         else f"weights:{model_id['weights']}"
     )
     at_target = exit_shares(held, metric, thresholds)
+    kv = kv_strategy(cfg)
+    if kv != "fill":  # hidden states depend on earlier exits: scored token by token under the rule
+        under_kv = heldout_agreement(
+            adapter, policy, kv, heldout, seq_len, cfg.engine.kv_heldout_tokens, desc=f"held-out (kv={kv})"
+        )
+        at_target = under_kv.shares()
+        metrics["heldout_tokens_under_kv"] = under_kv.tokens
+        metrics["heldout_scoring_s"] = under_kv.seconds
     metrics["heldout_early_exit_share"] = 1 - at_target["final"]
     metrics["heldout_agreement_at_target"] = at_target["agreement"]
     separation = separation_report(held.scores, held.agree)
@@ -422,7 +433,8 @@ def accuracy(
     if cfg.mode.name in LOSSLESS:
         early = full
     else:
-        early = evaluate(EarlyExitLM(adapter, tokenizer, policy), tasks, limit, cache_dir=cfg.cache_dir)
+        lm = EarlyExitLM(adapter, tokenizer, policy, kv=kv_strategy(cfg))  # propagate/skip: token by token
+        early = evaluate(lm, tasks, limit, cache_dir=cfg.cache_dir)
     out: dict[str, Any] = {}
     for task in tasks:
         out[f"task_source.{task.name}"] = task.source

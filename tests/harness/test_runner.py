@@ -122,6 +122,27 @@ def test_cuda_graphs_option_times_both_modes_through_graphs(tmp_path, monkeypatc
     assert metrics["outputs_equal_full"] and 0 <= metrics["acceptance_rate"] <= 1
 
 
+@pytest.mark.parametrize("kv", ["propagate", "skip"])
+def test_a_lossy_kv_run_scores_held_out_tokens_under_its_rule_and_counts_its_work(tmp_path, kv):
+    import earlyexit.harness.runner as runner
+
+    overrides = ("mode=early-exit", f"engine.kv={kv}", "engine.kv_heldout_tokens=512")
+    overrides += ("calibration.target=0.8",)
+    summary = runner.run(config(*TINY_RUN, *overrides, f"cache_dir={tmp_path}"), tmp_path)
+    m, layers = summary["metrics"], summary["num_layers"]
+    assert m["heldout_tokens_under_kv"] == 512 and m["heldout_scoring_s"] > 0
+    assert 0 < m["heldout_early_exit_share"] < 1 and 0 < m["heldout_agreement_at_target"] <= 1
+    exited = sum(n for k, n in m["exit_histogram"].items() if int(k) != layers - 1)
+    assert exited > 0, "heads must fire at target 0.8"
+    trace = m["trace"]
+    # No exited token is ever carried deeper: no pending rows, so no KV fill.
+    assert all(pending == 0 for _, _, pending, *_ in trace["segments"])
+    projected = sum(n for _, _, n in trace["projections"])
+    assert projected == (exited if kv == "propagate" else 0)
+    assert m["time_ms.layers_fill"] == 0 and (m["time_ms.kv_projections"] > 0) == (kv == "propagate")
+    assert m["layers_per_token"] < layers
+
+
 def run_app(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [

@@ -366,10 +366,14 @@ def test_summary_reports_the_median_prediction_error_per_mode(df, tmp_path):
     text = write_summary(df, tmp_path, "records.jsonl").read_text()
     section = text.split("## Cost model: predicted vs measured")[1].split("## Published")[0]
     full_median = np.median([0, 0, abs(9 / 9.2 - 1), abs(9 / 9.5 - 1)])
-    assert f"| m | eager | full | 4 | {full_median:.1%} | 100% |" in section
-    assert f"| m | eager | early-exit | 1 | {7.72 / 7 - 1:.1%} | 100% |" in section
+    assert f"| m | eager | full | 4 | {full_median:.1%} | 100% | — |" in section
+    # Speedup error: predicted speedup (9 / 7.72) over the measured one (9 / 7), minus 1.
+    ee_speedup_error = (9 / 7.72) / (9 / 7) - 1
+    ee = f"| m | eager | early-exit | 1 | {7.72 / 7 - 1:.1%} | 100% | {abs(ee_speedup_error):.1%} |"
+    assert ee in section
     assert f"| m | eager | layerskip | 1 | {abs(7.62 / 10 - 1):.1%} | 0% |" in section
-    assert "| m | eager | early-exit | entropy | 0.7 | — | — | 7.000 | 7.720 | +10.3% |" in section
+    assert "| m | eager | early-exit | fill | entropy | 0.7 | — | — | 7.000 | 7.720 | +10.3% |" in section
+    assert f"| 1.17 | 1.29 | {ee_speedup_error:+.1%} |" in section
 
 
 def test_new_figures_skip_records_from_before_the_cost_model(df, tmp_path):

@@ -17,8 +17,10 @@ of them alike), each the median over rounds after untimed warm-up rounds:
   untimed pass through every layer, as in decoding, where the layers push them out of cache;
 - one layer's K/V projection of one row (``engine.kv=propagate``): all layers' projections of
   an exited token, timed after a pass through the layers, divided by the layer count;
-- the fixed cost per engine pass: one full-depth decode step through the decode loop
-  (``Run.forward`` + the greedy pick) minus its priced segment and unembedding.
+- the fixed cost per engine pass, measured directly: one decode step through the decode loop
+  (``Run.forward`` + the greedy pick) with the engine's segments and unembedding stubbed out, so
+  what is timed is the embedding, the bookkeeping and the pick. (It was a full step minus its
+  priced layers: a difference of two ~5 ms numbers, known only to ±0.3 ms on a drifting VM.)
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ from earlyexit.harness.artifacts import artifact_key
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
-from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
+from earlyexit.model.graphs import Capture, GraphCache
 
 FORMAT = "earlyexit.profile/1"
-COMPONENTS = 2  # 2: + the K/V projection of engine.kv=propagate; a cached profile of 1 is re-measured
+# 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly.
+# A cached profile of an older version is re-measured.
+COMPONENTS = 3
 # What must match between a profile and the runs it prices (device and dtype may differ:
 # that is what a projection is for).
 SHAPE_KEYS = ("model_shape", "head_architecture", "head_rank")
@@ -247,7 +251,7 @@ def measure_profile(
     for key, fn in cold.items():
         calls[("flush", *key)] = flush
         calls[key] = fn
-    calls[("step",)] = _decode_step(engine, mid)
+    calls[("bare step",)] = _bare_decode_step(engine, mid)
     previous, heads.graphs = heads.graphs, (GraphCache(graphs) if graphs is not None else None)
     try:
         with engine._attention():
@@ -270,11 +274,9 @@ def measure_profile(
         [ms["unembed", r] for r in rows],
         ms["head",],
         {name: ms["decision", name] for name in METRICS},
-        0.0,
+        ms["bare step",],
         ms["project",] / L,
     )
-    priced = profile.segment_ms(L, 1, _graph_kv(engine, mid)) + profile.unembedding_ms(1)
-    profile.pass_fixed_ms = max(0.0, ms["step",] - priced)
     return profile
 
 
@@ -301,19 +303,26 @@ def _interleaved_ms(
     return {key: 1e3 * statistics.median(t) for key, t in times.items()}
 
 
-def _graph_kv(engine: ExitEngine, kv: int) -> int:
-    return kv_bucket(kv, engine.max_len) if engine.graphs is not None else kv
-
-
-def _decode_step(engine: ExitEngine, mid: int) -> Callable[[], None]:
-    """One full-depth decode step as decoding runs it: Run.forward on one token + greedy pick."""
+def _bare_decode_step(engine: ExitEngine, mid: int) -> Callable[[], None]:
+    """A full-depth decode step as decoding runs it (Run.forward on one token + the greedy pick)
+    with the engine's segments passing the hidden state through and its unembedding returning
+    fixed logits: everything a pass costs outside its layers and unembedding."""
     prompt = torch.zeros(mid - 1, dtype=torch.long)
     run = Run(engine, prompt, DecodeSettings(max_new_tokens=1), exit_layers=[])
     engine.forward(prompt)
     token = torch.tensor([1])
+    adapter = engine.adapter
+    logits = torch.zeros(1, adapter.vocab_size, dtype=adapter.dtype, device=adapter.device)
+
+    def through(start, end, hidden, positions, new_rows=None):
+        return hidden
 
     def step() -> None:
         engine.truncate(mid - 1)
-        greedy(run.forward(token).logits)
+        engine._run_segment, engine._unembed = through, lambda hidden: logits  # instance stubs
+        try:
+            greedy(run.forward(token).logits)
+        finally:
+            del engine._run_segment, engine._unembed
 
     return step

@@ -119,6 +119,9 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     assert len(p.layer_ms) == 3 and all(len(r) == 2 for r in p.layer_ms)
     assert p.head_ms > 0 and set(p.decision_ms) == {"entropy", "max-prob", "margin"}
     assert 0 < p.projection_layer_ms < p.layer_ms[0][0]  # two of a layer's matmuls, no attention or MLP
+    # Measured directly (layers and unembedding stubbed out), not left over from a difference:
+    # never clamped to 0, and less than a pass through every layer.
+    assert 0 < p.pass_fixed_ms < sum(p.layer_ms[0][0] for _ in range(adapter.num_layers))
     assert p.identity["model_shape"] == model_shape(adapter)
     assert p.identity["head_architecture"] == "linear"
     path = tmp_path / "profile.json"

@@ -17,7 +17,7 @@ from earlyexit.exits.heads import HeadSet
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine, StepOutput
-from earlyexit.model.trace import TraceCounts
+from earlyexit.model.trace import PassTrace, TraceCounts
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,9 @@ class Run:
         self.budget = min(settings.max_new_tokens, engine.max_len - prompt.numel())
         self.ids: list[int] = []
         self.stats = DecodeStats()
+        # (exit layer, trace) per decode pass, aggregated in finish(), after the clock stops:
+        # statistics are the harness's bookkeeping, not the decoding's cost.
+        self._passes: list[tuple[int, PassTrace]] = []
         self.heads = heads
         self._head_flops0 = heads.flops if heads is not None else 0
         self._start = self._now()
@@ -172,9 +175,7 @@ class Run:
     def forward(self, ids: torch.Tensor, exit_check=None) -> StepOutput:
         out = self.engine.forward(ids, exit_check)
         self.stats.forward_passes += 1
-        self.stats.flops += out.flops
-        self.stats.exit_histogram[out.exit_layer] += 1
-        self.stats.trace.add(out.trace)
+        self._passes.append((out.exit_layer, out.trace))
         return out
 
     @property
@@ -198,6 +199,10 @@ class Run:
 
     def finish(self) -> DecodeResult:
         self.stats.total_s = self._now() - self._start
+        for exit_layer, trace in self._passes:
+            self.stats.exit_histogram[exit_layer] += 1
+            self.stats.trace.add(trace)
+            self.stats.flops += self.engine.flops_of(trace)
         if self.heads is not None:
             self.stats.flops += self.heads.flops - self._head_flops0
         self.stats.tokens = len(self.ids)

@@ -71,8 +71,14 @@ class StepOutput:
     exit_layer: int  # layer whose output produced `logits`; num_layers - 1 for full depth
     final_logits: torch.Tensor | None = None  # [rows, V] when the pass reached full depth
     final_positions: list[int] = field(default_factory=list)  # positions of those rows
-    flops: int = 0  # analytic FLOPs of this pass (layers, attention, unembedding; heads count their own)
     trace: PassTrace = field(default_factory=PassTrace)  # what the pass computed, as counts
+    flops_of: Callable[[PassTrace], int] | None = field(default=None, repr=False)
+
+    @property
+    def flops(self) -> int:
+        """Analytic FLOPs of this pass (layers, attention, unembedding; heads count their own),
+        derived from the trace when asked, not inside the decode loop."""
+        return self.flops_of(self.trace) if self.flops_of is not None else 0
 
     @property
     def layer_rows(self) -> int:
@@ -188,7 +194,7 @@ class ExitEngine:
                     elif self.kv == "propagate":
                         self._propagate(end + 1, positions, hidden)
                     self.length += n
-                    return StepOutput(logits, end, flops=self._flops(trace), trace=trace)
+                    return StepOutput(logits, end, trace=trace, flops_of=self.flops_of)
         final = self._unembed(hidden)
         trace.unembed_rows = len(positions)
         self.length += n
@@ -197,11 +203,11 @@ class ExitEngine:
             exit_layer=last_layer,
             final_logits=final,
             final_positions=positions,
-            flops=self._flops(trace),
             trace=trace,
+            flops_of=self.flops_of,
         )
 
-    def _flops(self, trace: PassTrace) -> int:
+    def flops_of(self, trace: PassTrace) -> int:
         """Analytic FLOPs of what `trace` says was computed. A graphed segment attends over (and
         so counts) its whole KV bucket: that work is done."""
         prefix, per_key = self._flops_prefix, self._attention_flops_per_key

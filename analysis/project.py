@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import COST_CATEGORIES, DEFAULT_STORE, THRESHOLD_MODES, latest_per_config, load_results
+from analysis.load import (
+    COST_CATEGORIES,
+    DEFAULT_STORE,
+    THRESHOLD_MODES,
+    kv_strategy,
+    latest_per_config,
+    load_results,
+)
 from analysis.measures import MODE_ORDER
 from analysis.pareto import run_name
 from analysis.summary import _num, _text, markdown_table
@@ -37,7 +44,18 @@ from earlyexit.model.trace import TraceCounts
 log = logging.getLogger("analysis.project")
 
 # Run identity columns carried into the projected table (never a measured number).
-ID_COLUMNS = ("run_id", "model", "mode", "metric", "target", "exit_layer", "draft_length", "heads", "timing")
+ID_COLUMNS = (
+    "run_id",
+    "model",
+    "mode",
+    "kv",
+    "metric",
+    "target",
+    "exit_layer",
+    "draft_length",
+    "heads",
+    "timing",
+)
 PROJECTED_COLUMNS = (
     "projected_tpot_ms",
     "projected_full_tpot_ms",
@@ -110,8 +128,8 @@ def project(df: pd.DataFrame, profile: CostProfile, allow_dtype_change: bool = F
     """
     out = Projection(pd.DataFrame(columns=[*ID_COLUMNS, *PROJECTED_COLUMNS]), profile)
     rows = []
-    order = df.assign(_order=df["mode"].map(MODE_ORDER)).sort_values(
-        ["model", "timing", "_order", "metric", "target", "exit_layer", "draft_length"], kind="stable"
+    order = df.assign(_order=df["mode"].map(MODE_ORDER), kv=kv_strategy(df)).sort_values(
+        ["model", "timing", "_order", "kv", "metric", "target", "exit_layer", "draft_length"], kind="stable"
     )
     for _, r in order.iterrows():
         label = describe_run(r)
@@ -190,6 +208,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
     header = [
         "model",
         "mode",
+        "KV",
         "metric",
         "target",
         "E",
@@ -204,6 +223,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
         [
             _text(r["model"]),
             _text(r["mode"]),
+            _text(r["kv"]),
             _text(r["metric"]),
             _num(r["target"], "g"),
             _num(r["exit_layer"], ".0f"),

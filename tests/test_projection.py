@@ -466,6 +466,7 @@ def test_cli_writes_and_prints_a_table_labelled_projected(store, tmp_path, capsy
     assert "speedup [95% CI]" not in out and "measured" not in header
     ee = next(line for line in out.splitlines() if "| early-exit |" in line)
     assert ee.endswith(f"| 9.0000 | 7.7200 | {9 / 7.72:.2f}× |")
+    assert ee.startswith("| m | early-exit | fill | entropy |")  # the KV strategy named (old record: fill)
     assert "note: skipped 1 run(s) without a pass trace" in err
     assert out == (out_dir / "projected-gpu.md").read_text() + "\n"
     csv = pd.read_csv(out_dir / "projected-gpu.csv")
@@ -473,6 +474,7 @@ def test_cli_writes_and_prints_a_table_labelled_projected(store, tmp_path, capsy
         "run_id",
         "model",
         "mode",
+        "kv",
         "metric",
         "target",
         "exit_layer",

@@ -297,9 +297,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if "hub_id" in model_id
         else f"weights:{model_id['weights']}"
     )
-    at_target = exit_shares(held, metric, thresholds)
     kv = kv_strategy(cfg)
-    if kv != "fill":  # hidden states depend on earlier exits: scored token by token under the rule
+    if kv == "fill":  # exact: the one-forward statistics of every target already hold the run's
+        at_target = next(s for s in shares if s["target"] == target)
+    else:  # hidden states depend on earlier exits: scored token by token under the rule
         under_kv = heldout_agreement(
             adapter, policy, kv, heldout, seq_len, cfg.engine.kv_heldout_tokens, desc=f"held-out (kv={kv})"
         )

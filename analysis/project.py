@@ -35,7 +35,7 @@ from analysis.load import (
 )
 from analysis.measures import MODE_ORDER
 from analysis.pareto import run_name
-from analysis.summary import _num, _text, markdown_table
+from analysis.summary import SETTING_HEADER, _num, _text, markdown_table, setting_cells
 from earlyexit.harness.cost_model import predict
 from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import EmptyResultsError
@@ -207,12 +207,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
     p = projection.profile
     header = [
         "model",
-        "mode",
-        "KV",
-        "metric",
-        "target",
-        "E",
-        "K",
+        *SETTING_HEADER,
         "heads",
         "traced with",
         "projected full ms/token",
@@ -222,12 +217,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
     rows = [
         [
             _text(r["model"]),
-            _text(r["mode"]),
-            _text(r["kv"]),
-            _text(r["metric"]),
-            _num(r["target"], "g"),
-            _num(r["exit_layer"], ".0f"),
-            _num(r["draft_length"], ".0f"),
+            *setting_cells(r),
             _text(r["heads"]),
             _text(r["timing"]),
             _num(r["projected_full_tpot_ms"], ".4f"),

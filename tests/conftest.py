@@ -13,6 +13,9 @@ from transformers import (
 
 from earlyexit.exits.confidence import should_exit
 from earlyexit.exits.head_stats import collect_head_stats
+from earlyexit.exits.heads import HeadSet, HeadSpec
+from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.model.adapter import get_adapter
 
 # The tests' models are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
 # spinning OpenMP threads made single tests up to 8x slower (test_flops: 30 s with 2, 4 s with 1).
@@ -115,44 +118,71 @@ def neox64():
 
 
 @torch.no_grad()
-def naive_teacher_forced(model, policy, ids, score_from: int, rule: str):
-    """Teacher-forced exits by brute force under `rule` ("fill", "propagate" or "skip").
+def naive_rule_step(model, ids: list[int], exit_of: list[int], rule: str, policy=None):
+    """The last token of `ids` by brute force under `rule` ("fill", "propagate" or "skip").
 
-    Shares no engine code: for each fed position t >= score_from the whole prefix ids[:t+1] is
-    recomputed layer by layer with the model's own layer modules and a full causal mask. Token t
-    leaves at the first exit layer whose head score passes its threshold; an earlier token that
-    left at e keeps, at every layer j > e, its exit state (propagate: others attend to the K/V the
-    layer computes from it; skip: it is masked out of their attention; fill: it is computed on).
-    Positions below score_from are the prefill, at full depth. Returns ([n, V] logits, exit layers).
+    Shares no engine code: the whole sequence is recomputed layer by layer with the model's own
+    layer modules and a full causal mask. An earlier token that left at layer e (`exit_of`, one per
+    earlier token) keeps, at every layer j > e, its exit state (propagate: others attend to the K/V
+    the layer computes from it; skip: it is masked out of their attention; fill: it is computed
+    on). With `policy`, the last token leaves at the first exit layer whose head score passes its
+    threshold. Returns (its logits [V], its exit layer).
     """
     base = model.gpt_neox if hasattr(model, "gpt_neox") else model.model
     embed = base.embed_in if hasattr(base, "embed_in") else base.embed_tokens
     norm = base.final_layer_norm if hasattr(base, "final_layer_norm") else base.norm
     last = len(base.layers) - 1
+    n = len(ids)
+    h = embed(torch.tensor([ids]))
+    pos = torch.arange(n)
+    pos_emb = base.rotary_emb(h, pos[None])
+    causal = pos[None, :] <= pos[:, None]
+    states = [*exit_of, last]
+    for j, module in enumerate(base.layers):
+        frozen = torch.tensor([e < j for e in states])
+        mask = causal & ~frozen[None, :] if rule == "skip" else causal
+        mask = mask | torch.eye(n, dtype=torch.bool)  # a frozen row's output is discarded anyway
+        new = module(h, attention_mask=mask[None, None], position_embeddings=pos_emb)
+        new = new[0] if isinstance(new, tuple) else new
+        h = new if rule == "fill" else torch.where(frozen[None, :, None], h, new)
+        if policy is not None and j in policy.thresholds:
+            head_logits = policy.heads(j, h[0, -1])
+            if should_exit(policy.metric(head_logits), policy.thresholds[j]):
+                return head_logits, j
+    return model.get_output_embeddings()(norm(h[0, -1])), last
+
+
+def naive_teacher_forced(model, policy, ids, score_from: int, rule: str):
+    """Teacher-forced exits by brute force under `rule`: each fed position t >= score_from is
+    `naive_rule_step` over ids[:t+1]; positions below score_from are the prefill, at full depth.
+    Returns ([n, V] logits, exit layers)."""
     ids = [int(i) for i in ids]
-    exit_of, emitted = [last] * score_from, []
+    exit_of, emitted = [model.config.num_hidden_layers - 1] * score_from, []
     for t in range(score_from, len(ids)):
-        n = t + 1
-        h = embed(torch.tensor([ids[:n]]))
-        pos = torch.arange(n)
-        pos_emb = base.rotary_emb(h, pos[None])
-        causal = pos[None, :] <= pos[:, None]
-        states = [*exit_of, last]
-        logits, layer = None, last
-        for j, module in enumerate(base.layers):
-            frozen = torch.tensor([e < j for e in states])
-            mask = causal & ~frozen[None, :] if rule == "skip" else causal
-            mask = mask | torch.eye(n, dtype=torch.bool)  # a frozen row's output is discarded anyway
-            new = module(h, attention_mask=mask[None, None], position_embeddings=pos_emb)
-            new = new[0] if isinstance(new, tuple) else new
-            h = new if rule == "fill" else torch.where(frozen[None, :, None], h, new)
-            if j in policy.thresholds:
-                head_logits = policy.heads(j, h[0, -1])
-                if should_exit(policy.metric(head_logits), policy.thresholds[j]):
-                    logits, layer = head_logits, j
-                    break
-        if logits is None:
-            logits = model.get_output_embeddings()(norm(h[0, -1]))
+        logits, layer = naive_rule_step(model, ids[: t + 1], exit_of, rule, policy)
         exit_of.append(layer)
         emitted.append(logits)
     return torch.stack(emitted), exit_of[score_from:]
+
+
+# Damped float64 models whose heads fire often, at thresholds that make a mix of exits: the
+# cases on which the KV rules (fill, propagate, skip) are checked against `naive_rule_step`.
+RULE_CASES = {  # name: (model, head layers, metric, quantile of scores used as threshold)
+    "llama": (lambda: damped_llama(0), (1, 3), "max-prob", 0.4),
+    "neox": (lambda: damped_model(2).double(), (1, 3), "entropy", 0.5),
+}
+
+
+@pytest.fixture(scope="module", params=list(RULE_CASES))
+def rule_case(request):
+    """(model, adapter, heads, policy) for each of RULE_CASES."""
+    build, layers, metric, q = RULE_CASES[request.param]
+    model = build()
+    adapter = get_adapter(model)
+    heads = HeadSet(adapter, HeadSpec("linear", layers))
+    return (
+        model,
+        adapter,
+        heads,
+        ThresholdPolicy(heads, metric, quantile_thresholds(adapter, heads, metric, q)),
+    )

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import damped_llama, damped_model, prompts, quantile_thresholds
+from conftest import naive_rule_step, prompts
 
 from earlyexit.decoding import (
     DecodeSettings,
@@ -24,61 +24,25 @@ from earlyexit.decoding import (
     engine_for,
     make_strategy,
 )
-from earlyexit.exits.confidence import get_metric
-from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
 
 
-def _layers_embed_rotary_norm(model):
-    base = model.gpt_neox if hasattr(model, "gpt_neox") else model.model
-    embed = base.embed_in if hasattr(base, "embed_in") else base.embed_tokens
-    norm = base.final_layer_norm if hasattr(base, "final_layer_norm") else base.norm
-    return base.layers, embed, base.rotary_emb, norm
-
-
-@torch.no_grad()
-def naive_rule_decode(model, heads, prompt, max_new, metric, thresholds, rule):
-    """Greedy decoding by brute force under `rule` ("fill", "propagate" or "skip").
-
-    A decode step (not the first token, which the prefill gives at full depth) leaves at the
-    first head in depth order whose score passes; that token's exit layer then governs its state
-    at deeper layers in every later step's recomputation. Returns tokens, exit counts and the
-    logits each decode step emitted.
-    """
-    layers, embed, rotary, norm = _layers_embed_rotary_norm(model)
-    last = len(layers) - 1
+def naive_rule_decode(model, policy, prompt, max_new, rule):
+    """Greedy decoding by brute force under `rule`: every step is `naive_rule_step` over the whole
+    sequence. A decode step (not the first token, which the prefill gives at full depth) may exit;
+    the fed token's exit layer then governs its state at deeper layers in every later step.
+    Returns tokens, exit counts and the logits each decode step emitted."""
+    last = model.config.num_hidden_layers - 1
     ids, exit_of, out, exits, emitted = prompt.tolist(), [last] * prompt.numel(), [], Counter(), []
     while len(out) < max_new:
-        n = len(ids)
-        h = embed(torch.tensor([ids]))
-        pos = torch.arange(n)
-        pos_emb = rotary(h, pos[None])
-        causal = pos[None, :] <= pos[:, None]
-        token, layer, logits = None, last, None
-        for j, module in enumerate(layers):
-            frozen = torch.tensor([e < j for e in exit_of])
-            mask = causal & ~frozen[None, :] if rule == "skip" else causal
-            mask = mask | torch.eye(n, dtype=torch.bool)  # a frozen row's output is discarded anyway
-            new = module(h, attention_mask=mask[None, None], position_embeddings=pos_emb)
-            new = new[0] if isinstance(new, tuple) else new
-            h = new if rule == "fill" else torch.where(frozen[None, :, None], h, new)
-            if out and j in thresholds:
-                head_logits = heads(j, h[0, -1])
-                score = float(get_metric(metric)(head_logits))
-                if math.isfinite(score) and score >= thresholds[j]:
-                    token, layer, logits = int(head_logits.argmax()), j, head_logits
-                    break
-        if token is None:
-            logits = model.get_output_embeddings()(norm(h[0, -1]))
-            token = int(logits.argmax())
+        logits, layer = naive_rule_step(model, ids, exit_of[:-1], rule, policy if out else None)
         if out:
             exit_of[-1] = layer  # the fed token (the last one) left at `layer`
             exits[layer] += 1
             emitted.append(logits)
-        out.append(token)
-        ids.append(token)
+        out.append(int(logits.argmax()))
+        ids.append(out[-1])
         exit_of.append(last)
     return out, exits, emitted
 
@@ -100,41 +64,23 @@ def engine_decode(strategy, engine, prompt, settings):
     return result, emitted[1:]  # the first pass is the prefill
 
 
-CASES = {  # name: (model, head layers, metric, quantile of scores used as threshold)
-    "llama": (lambda: damped_llama(0), (1, 3), "max-prob", 0.4),
-    "neox": (lambda: damped_model(2).double(), (1, 3), "entropy", 0.5),
-}
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def case(request):
-    build, layers, metric, q = CASES[request.param]
-    model = build()
-    adapter = get_adapter(model)
-    heads = HeadSet(adapter, HeadSpec("linear", layers))
-    thresholds = quantile_thresholds(adapter, heads, metric, q)
-    return model, adapter, heads, ThresholdPolicy(heads, metric, thresholds)
-
-
 @pytest.mark.parametrize("rule", ["propagate", "skip", "fill"])
-def test_early_exit_equals_the_naive_recompute_under_its_rule(case, rule):
-    model, adapter, heads, policy = case
+def test_early_exit_equals_the_naive_recompute_under_its_rule(rule_case, rule):
+    model, adapter, _, policy = rule_case
     strategy = EarlyExitDecoding(policy, kv=rule)
     engine = engine_for(strategy, adapter)
     settings = DecodeSettings(max_new_tokens=10)
     exited, off_fill = 0, 0.0
     for prompt in prompts(12, seed=4):
         result, logits = engine_decode(strategy, engine, prompt, settings)
-        expected, exits, ref_logits = naive_rule_decode(
-            model, heads, prompt, 10, policy.metric.name, policy.thresholds, rule
-        )
+        expected, exits, ref_logits = naive_rule_decode(model, policy, prompt, 10, rule)
         assert result.ids == expected, (rule, prompt.tolist())
         assert result.stats.exit_histogram == exits, (rule, prompt.tolist())
         assert len(logits) == len(ref_logits)
         for mine, ref in zip(logits, ref_logits, strict=True):
             torch.testing.assert_close(mine, ref, rtol=0, atol=1e-9)
         exited += sum(n for k, n in exits.items() if k < adapter.num_layers - 1)
-        fill = naive_rule_decode(model, heads, prompt, 10, policy.metric.name, policy.thresholds, "fill")
+        fill = naive_rule_decode(model, policy, prompt, 10, "fill")
         if fill[0] == expected:  # same tokens: the logits show whether the rule changed anything
             gaps = [float((a - b).abs().max()) for a, b in zip(ref_logits, fill[2], strict=True)]
             off_fill = max(off_fill, *gaps)
@@ -145,8 +91,8 @@ def test_early_exit_equals_the_naive_recompute_under_its_rule(case, rule):
     assert (off_fill > 1e-6) == (rule != "fill"), off_fill
 
 
-def test_propagate_writes_the_projected_kv_and_skip_writes_none(case):
-    _, adapter, heads, _ = case
+def test_propagate_writes_the_projected_kv_and_skip_writes_none(rule_case):
+    _, adapter, heads, _ = rule_case
     always = ThresholdPolicy(heads, "entropy", {1: -math.inf, 3: -math.inf})  # every decode step exits at 1
     prompt = torch.arange(5)
     for rule in ("propagate", "skip"):
@@ -165,16 +111,16 @@ def test_propagate_writes_the_projected_kv_and_skip_writes_none(case):
         assert trace.layer_rows == 3 * 2  # two layers per decode step, nothing filled later
 
 
-def test_skip_cannot_roll_back(case):
-    _, adapter, _, _ = case
+def test_skip_cannot_roll_back(rule_case):
+    _, adapter, _, _ = rule_case
     engine = ExitEngine(adapter, kv="skip")
     engine.forward(torch.arange(4))
     with pytest.raises(ValueError, match="kv=skip cannot roll back"):
         engine.truncate(2)
 
 
-def test_lossless_modes_refuse_a_lossy_kv_strategy(case):
-    _, adapter, heads, policy = case
+def test_lossless_modes_refuse_a_lossy_kv_strategy(rule_case):
+    _, adapter, heads, policy = rule_case
     with pytest.raises(ValueError, match="engine.kv=propagate is lossy and mode dssd accepts only fill"):
         make_strategy("dssd", heads, policy, kv="propagate")
     with pytest.raises(ValueError, match=r"unknown KV strategy 'copy'; valid: fill, propagate, skip"):

@@ -9,28 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, damped_llama, damped_model, naive_teacher_forced, quantile_thresholds
+from conftest import VOCAB, naive_teacher_forced
 
 from earlyexit.decoding.teacher_forced import teacher_forced_exits
-from earlyexit.exits.heads import HeadSet, HeadSpec
-from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.lm_eval_model import early_exit_logits
-from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
-
-CASES = {  # name: (model, head layers, metric, quantile of scores used as threshold)
-    "llama": (lambda: damped_llama(0), (1, 3), "max-prob", 0.4),
-    "neox": (lambda: damped_model(2).double(), (1, 3), "entropy", 0.5),
-}
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def case(request):
-    build, layers, metric, q = CASES[request.param]
-    model = build()
-    adapter = get_adapter(model)
-    heads = HeadSet(adapter, HeadSpec("linear", layers))
-    return model, adapter, ThresholdPolicy(heads, metric, quantile_thresholds(adapter, heads, metric, q))
 
 
 def sequences(n: int = 6, length: int = 12, seed: int = 3) -> list[torch.Tensor]:
@@ -39,8 +22,8 @@ def sequences(n: int = 6, length: int = 12, seed: int = 3) -> list[torch.Tensor]
 
 
 @pytest.mark.parametrize("rule", ["propagate", "skip", "fill"])
-def test_equals_the_brute_force_recompute_under_its_rule(case, rule):
-    model, adapter, policy = case
+def test_equals_the_brute_force_recompute_under_its_rule(rule_case, rule):
+    model, adapter, _, policy = rule_case
     engine = ExitEngine(adapter, exit_layers=policy.exit_layers, kv=rule)
     full_depth, exited, off_fill = adapter.num_layers - 1, 0, 0.0
     for i, ids in enumerate(sequences()):
@@ -56,9 +39,9 @@ def test_equals_the_brute_force_recompute_under_its_rule(case, rule):
     assert (off_fill > 1e-6) == (rule != "fill"), off_fill
 
 
-def test_fill_equals_the_batched_teacher_forced_logits(case):
+def test_fill_equals_the_batched_teacher_forced_logits(rule_case):
     """Where positions do not depend on earlier exits, one pass per token and one forward agree."""
-    _, adapter, policy = case
+    _, adapter, _, policy = rule_case
     engine = ExitEngine(adapter, exit_layers=policy.exit_layers)
     batch = torch.stack(sequences())
     logits, exits = early_exit_logits(adapter, policy.heads, policy, batch)
@@ -69,16 +52,16 @@ def test_fill_equals_the_batched_teacher_forced_logits(case):
     assert len(set(exits.flatten().tolist())) > 1  # exits and full passes both happen
 
 
-def test_no_policy_is_the_full_model(case):
-    _, adapter, policy = case
+def test_no_policy_is_the_full_model(rule_case):
+    _, adapter, _, policy = rule_case
     ids = sequences(1)[0]
     got = teacher_forced_exits(ExitEngine(adapter, kv="skip"), None, ids, 4)
     torch.testing.assert_close(got.logits, adapter.model(ids[None]).logits[0, 4:], rtol=0, atol=1e-9)
     assert got.exit_layers == [adapter.num_layers - 1] * 8
 
 
-def test_clear_errors(case):
-    _, adapter, policy = case
+def test_clear_errors(rule_case):
+    _, adapter, _, policy = rule_case
     ids = sequences(1)[0]
     with pytest.raises(ValueError, match="score_from=12 leaves no position to score in 12 tokens"):
         teacher_forced_exits(ExitEngine(adapter, exit_layers=policy.exit_layers), policy, ids, 12)

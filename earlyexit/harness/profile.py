@@ -17,6 +17,11 @@ of them alike), each the median over rounds after untimed warm-up rounds:
   untimed pass through every layer, as in decoding, where the layers push them out of cache;
 - one layer's K/V projection of one row (``engine.kv=propagate``): all layers' projections of
   an exited token, timed after a pass through the layers, divided by the layer count;
+- how the layers streamed since a layer last ran change its cost (``depth_ratio``): passes
+  through the first d layers, several in a row after an untimed one, per layer, against the
+  same for all L layers. A draft after a draft finds its layers' weights still in cache; a
+  pass after a full-depth pass finds them pushed out (``PassTrace.reuse_depth``). Measured at
+  one row, it prices the weight traffic a warm pass saves, once per layer whatever its rows;
 - the fixed cost per engine pass, measured directly: one decode step through the decode loop
   (``Run.forward`` + the greedy pick) with the engine's segments and unembedding stubbed out, so
   what is timed is the embedding, the bookkeeping and the pick. (It was a full step minus its
@@ -49,9 +54,14 @@ from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache
 
 FORMAT = "earlyexit.profile/1"
-# 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly.
-# A cached profile of an older version is re-measured.
-COMPONENTS = 3
+# 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly;
+# 4: + the depth ratio. A cached profile of an older version is re-measured.
+COMPONENTS = 4
+# Passes in a row in one timed call of the depth ratio (after an untimed one).
+DEPTH_RUN = 8
+# Depths timed for the depth ratio: every depth up to this many layers, else this many spread
+# geometrically (with the last); the others are interpolated.
+DEPTH_POINTS = 12
 # What must match between a profile and the runs it prices (device and dtype may differ:
 # that is what a projection is for).
 SHAPE_KEYS = ("model_shape", "head_architecture", "head_rank")
@@ -95,13 +105,27 @@ class CostProfile:
     decision_ms: dict[str, float]  # metric -> head + metric + threshold + host read
     pass_fixed_ms: float  # per engine pass, outside layers, heads and unembedding
     projection_layer_ms: float | None = None  # one layer's K/V of one row (None: profile predates it)
+    # [d - 1]: per-layer time of passes through the first d layers, run several in a row, over
+    # the same for every layer (1.0 at full depth; None: profile predates it).
+    depth_ratio: list[float] | None = None
 
     # ------------------------------------------------------------------ prices
-    def segment_ms(self, layers: int, rows: int, kv_len: int) -> float:
-        """A segment of `layers` layers on `rows` rows attending over `kv_len` keys."""
+    def segment_ms(self, layers: int, rows: int, kv_len: int, reuse_depth: int = 0) -> float:
+        """A segment of `layers` layers on `rows` rows attending over `kv_len` keys, in a pass
+        whose layers last ran `reuse_depth` layers ago (``PassTrace.reuse_depth``; 0: not
+        known, priced as after a full-depth pass)."""
         fixed = _interp2(self.rows, self.kv_lengths, self.segment_fixed_ms, rows, kv_len)
         per_layer = _interp2(self.rows, self.kv_lengths, self.layer_ms, rows, kv_len)
-        return max(0.0, fixed) + layers * max(0.0, per_layer)
+        saving = self.warm_saving_ms(reuse_depth, kv_len)
+        return max(0.0, fixed) + layers * max(0.0, per_layer - saving)
+
+    def warm_saving_ms(self, reuse_depth: int, kv_len: int) -> float:
+        """Per layer, what finding its weights in cache saves: once per layer whatever its rows.
+        A ratio above 1 (noise: fewer layers in between cannot push more out) saves nothing."""
+        if not reuse_depth or self.depth_ratio is None or reuse_depth >= len(self.depth_ratio):
+            return 0.0
+        one_row = max(0.0, _interp1(self.kv_lengths, self.layer_ms[0], kv_len))
+        return max(0.0, 1.0 - self.depth_ratio[reuse_depth - 1]) * one_row
 
     def unembedding_ms(self, rows: int) -> float:
         return max(0.0, _interp1(self.rows, self.unembed_ms, rows))
@@ -178,6 +202,9 @@ class CostProfile:
         ]
         if self.projection_layer_ms is not None:
             lines.append(f"  K/V projection (engine.kv=propagate) {self.projection_layer_ms:.4f} ms a layer")
+        if self.depth_ratio is not None:
+            ratios = ", ".join(f"{r:.2f}" for r in self.depth_ratio)
+            lines.append(f"  per-layer time by pass depth 1..{len(self.depth_ratio)}, x full depth: {ratios}")
         return "\n".join(lines)
 
 
@@ -252,6 +279,10 @@ def measure_profile(
         calls[("flush", *key)] = flush
         calls[key] = fn
     calls[("bare step",)] = _bare_decode_step(engine, mid)
+    depths = depth_points(L)
+    for d in depths:  # an untimed pass first: the timed ones follow a pass of their own depth
+        calls[("depth first", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], 1)
+        calls[("depth", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], DEPTH_RUN)
     previous, heads.graphs = heads.graphs, (GraphCache(graphs) if graphs is not None else None)
     try:
         with engine._attention():
@@ -276,8 +307,31 @@ def measure_profile(
         {name: ms["decision", name] for name in METRICS},
         ms["bare step",],
         ms["project",] / L,
+        _depth_ratio(depths, [ms["depth", d] / DEPTH_RUN - fixed[0][len(kv_lengths) // 2] for d in depths]),
     )
     return profile
+
+
+def depth_points(layers: int) -> list[int]:
+    """The pass depths whose cost the profile times (see ``DEPTH_POINTS``)."""
+    if layers <= DEPTH_POINTS:
+        return list(range(1, layers + 1))
+    return sorted({int(round(d)) for d in np.geomspace(1, layers, DEPTH_POINTS)} | {layers})
+
+
+def _passes_in_a_row(
+    engine: ExitEngine, depth: int, hidden: torch.Tensor, positions: list[int], passes: int
+) -> None:
+    for _ in range(passes):
+        engine._run_segment(0, depth - 1, hidden, positions)
+
+
+def _depth_ratio(depths: list[int], ms: list[float]) -> list[float]:
+    """Per-layer time at every depth 1..L over that at L, interpolated between timed depths
+    (`ms`: one pass's layers at each timed depth)."""
+    per_layer = [t / d for d, t in zip(depths, ms, strict=True)]
+    full = per_layer[-1]
+    return [float(np.interp(d, depths, per_layer)) / full for d in range(1, depths[-1] + 1)]
 
 
 def _interleaved_ms(

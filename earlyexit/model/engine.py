@@ -140,6 +140,7 @@ class ExitEngine:
         self._unembed_flops = unembed_flops(adapter)
         self._projection_flops = 2 * adapter.hidden_size * 2 * adapter.num_kv_heads * adapter.head_dim
         self._trace = PassTrace()
+        self._last_depth = num_layers  # the cost model prices a first pass as after a full one
 
     def reset(self) -> None:
         """Forget the sequence (buffers are reused; stale entries are never attended)."""
@@ -179,7 +180,7 @@ class ExitEngine:
         last_layer = adapter.num_layers - 1
         positions = list(range(self.length, self.length + n))
         hidden = adapter.embed(ids.to(self._device))  # [n, d]
-        trace = self._trace = PassTrace()
+        trace = self._trace = PassTrace(previous_depth=self._last_depth)
         for start, end in self.segments:
             if self.pending:
                 positions, hidden = self._join_pending(start, positions, hidden)
@@ -194,10 +195,12 @@ class ExitEngine:
                     elif self.kv == "propagate":
                         self._propagate(end + 1, positions, hidden)
                     self.length += n
+                    self._last_depth = trace.depth
                     return StepOutput(logits, end, trace=trace, flops_of=self.flops_of)
         final = self._unembed(hidden)
         trace.unembed_rows = len(positions)
         self.length += n
+        self._last_depth = trace.depth
         return StepOutput(
             logits=final[-1],
             exit_layer=last_layer,

@@ -63,6 +63,7 @@ class PassTrace:
     checks: list[tuple[int, bool]] = field(default_factory=list)  # (head layer, fired)
     unembed_rows: int = 0  # 0 when the pass exited before full depth
     projections: list[KVProjection] = field(default_factory=list)  # kv=propagate only
+    previous_depth: int = 0  # the engine's pass before this one (prefill included)
 
     @property
     def exited(self) -> bool:
@@ -72,14 +73,28 @@ class PassTrace:
     def layer_rows(self) -> int:
         return sum(s.layers * s.rows for s in self.segments)
 
+    @property
+    def depth(self) -> int:
+        """How many layers, from the first, this pass ran: whose weights it streamed."""
+        return max((s.end + 1 for s in self.segments), default=0)
+
+    @property
+    def reuse_depth(self) -> int:
+        """How many layers were streamed since this pass's layers last ran: the deeper of this
+        pass and the one before. Few (a draft after a draft) means their weights are in cache."""
+        return max(self.depth, self.previous_depth)
+
 
 @dataclass
 class TraceCounts:
     """A multiset of passes' work, keyed so that equal work prices equally.
 
-    ``segments`` counts ``(layers, new_rows, pending_rows, kv_len, exited)``: ``exited`` says
-    whether the pass ended at an exit, i.e. whether its new rows were drafts (or early-exited
-    tokens) rather than tokens computed at full depth.
+    ``segments`` counts ``(layers, new_rows, pending_rows, kv_len, exited, reuse_depth)``:
+    ``exited`` says whether the pass ended at an exit, i.e. whether its new rows were drafts (or
+    early-exited tokens) rather than tokens computed at full depth; ``reuse_depth`` is the
+    pass's (``PassTrace.reuse_depth``): a shallow pass after a shallow pass finds its layers'
+    weights still in cache, so they cost less (``CostProfile.depth_ratio``). Traces stored
+    before it was recorded read 0: priced as after a full-depth pass.
     """
 
     passes: int = 0
@@ -90,9 +105,9 @@ class TraceCounts:
 
     def add(self, trace: PassTrace) -> None:
         self.passes += 1
-        exited = trace.exited
+        exited, reuse = trace.exited, trace.reuse_depth
         for s in trace.segments:
-            self.segments[(s.layers, s.new_rows, s.pending_rows, s.kv_len, exited)] += 1
+            self.segments[(s.layers, s.new_rows, s.pending_rows, s.kv_len, exited, reuse)] += 1
         self.checks.update(trace.checks)
         if trace.unembed_rows:
             self.unembed[trace.unembed_rows] += 1
@@ -125,7 +140,7 @@ class TraceCounts:
     def to_json(self) -> dict:
         return {
             "passes": self.passes,
-            "segments": [[*k[:4], int(k[4]), n] for k, n in sorted(self.segments.items())],
+            "segments": [[*k[:4], int(k[4]), k[5], n] for k, n in sorted(self.segments.items())],
             "checks": [[layer, int(fired), n] for (layer, fired), n in sorted(self.checks.items())],
             "unembed": [[rows, n] for rows, n in sorted(self.unembed.items())],
             "projections": [[layers, rows, n] for (layers, rows), n in sorted(self.projections.items())],
@@ -134,8 +149,11 @@ class TraceCounts:
     @classmethod
     def from_json(cls, data: dict) -> TraceCounts:
         out = cls(passes=int(data["passes"]))
-        for *key, exited, n in data["segments"]:
-            out.segments[(*map(int, key), bool(exited))] = int(n)
+        for row in data["segments"]:
+            if len(row) == 6:  # stored before reuse depths were recorded: 0, "not known"
+                row = [*row[:5], 0, row[5]]
+            *key, exited, reuse, n = row
+            out.segments[(*map(int, key), bool(exited), int(reuse))] += int(n)
         for layer, fired, n in data["checks"]:
             out.checks[(int(layer), bool(fired))] = int(n)
         for rows, n in data["unembed"]:

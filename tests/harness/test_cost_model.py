@@ -10,12 +10,14 @@ from conftest import damped_model
 
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.harness.cost_model import CATEGORIES, predict, price
-from earlyexit.harness.profile import CostProfile, measure_profile, model_shape
+from earlyexit.harness.profile import CostProfile, _depth_ratio, depth_points, measure_profile, model_shape
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.trace import TraceCounts
 
 
-def _profile(projection_layer_ms: float | None = None, **identity) -> CostProfile:
+def _profile(
+    projection_layer_ms: float | None = None, depth_ratio: list[float] | None = None, **identity
+) -> CostProfile:
     # segment = fixed + layers * per_layer; per_layer grows with rows and KV length.
     return CostProfile(
         identity={
@@ -37,6 +39,7 @@ def _profile(projection_layer_ms: float | None = None, **identity) -> CostProfil
         decision_ms={"entropy": 0.45, "max-prob": 0.4, "margin": 0.42},
         pass_fixed_ms=0.05,
         projection_layer_ms=projection_layer_ms,
+        depth_ratio=depth_ratio,
     )
 
 
@@ -57,7 +60,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
     trace = TraceCounts(
         passes=3,
         # a draft pass: 2 layers, 1 new row, exited; then a verification: 4 layers on 1 new + 2 pending
-        segments=Counter({(2, 1, 0, 10, True): 2, (4, 1, 2, 20, False): 1}),
+        segments=Counter({(2, 1, 0, 10, True, 2): 2, (4, 1, 2, 20, False, 4): 1}),
         checks=Counter({(1, True): 2, (1, False): 1}),
         unembed=Counter({3: 1}),
     )
@@ -85,7 +88,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
 def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_cannot():
     trace = TraceCounts(
         passes=2,
-        segments=Counter({(2, 1, 0, 10, True): 2}),
+        segments=Counter({(2, 1, 0, 10, True, 2): 2}),
         checks=Counter({(1, True): 2}),
         projections=Counter({(4, 1): 2}),  # two exited tokens, 4 skipped layers each
     )
@@ -100,6 +103,37 @@ def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_ca
     old = TraceCounts.from_json({"passes": 1, "segments": [], "checks": [], "unembed": []})
     assert old.projections == Counter()
     assert TraceCounts.from_json(trace.to_json()) == trace
+
+
+def test_a_shallow_pass_saves_the_weight_traffic_its_depth_ratio_says_once_per_layer():
+    # 4 layers; passes 1 or 2 deep run at 0.6 / 0.8 of a full-depth pass's per-layer time
+    # (1.0 ms at one row, KV 10); a ratio above 1 (noise) saves nothing.
+    p = _profile(depth_ratio=[0.6, 0.8, 1.1, 1.0])
+    assert p.segment_ms(2, 1, 10, reuse_depth=2) == pytest.approx(0.1 + 2 * 0.8)
+    assert p.segment_ms(1, 1, 10, reuse_depth=1) == pytest.approx(0.1 + 0.6)
+    # More rows: the saving is the weights, once per layer, not a share of the rows' compute.
+    assert p.segment_ms(2, 4, 10, reuse_depth=2) == pytest.approx(0.2 + 2 * (2.5 - 0.2))
+    assert p.segment_ms(2, 1, 20, reuse_depth=2) == pytest.approx(0.1 + 2 * (2.0 - 0.2 * 2.0))
+    for no_saving in (0, 3, 4):  # depth unknown (old records), ratio above 1, full depth
+        assert p.segment_ms(2, 1, 10, reuse_depth=no_saving) == pytest.approx(0.1 + 2 * 1.0)
+    assert _profile().segment_ms(2, 1, 10, reuse_depth=1) == pytest.approx(2.1)  # old profile: no ratio
+    trace = TraceCounts(
+        passes=3,
+        segments=Counter({(2, 1, 0, 10, True, 2): 2, (2, 1, 0, 10, False, 4): 1, (2, 1, 0, 10, False, 0): 1}),
+        checks=Counter({(1, True): 2, (1, False): 2}),
+    )
+    got = price(trace, p, "early-exit", "entropy")
+    assert got["layers_draft"] == pytest.approx(2 * (0.1 + 2 * 0.8))
+    assert got["layers_full"] == pytest.approx(2 * (0.1 + 2 * 1.0))
+    assert "depth 1..4, x full depth: 0.60, 0.80, 1.10, 1.00" in p.describe()
+
+
+def test_deep_models_time_a_few_depths_and_interpolate_the_rest():
+    assert depth_points(8) == list(range(1, 9))
+    deep = depth_points(24)
+    assert deep[0] == 1 and deep[-1] == 24 and len(deep) <= 13 and deep == sorted(set(deep))
+    # Per-layer 0.5 ms at depth 1 and 1.0 at depth 4 (2 and 3 not timed): linear between.
+    assert _depth_ratio([1, 4], [0.5, 4.0]) == pytest.approx([0.5, 2 / 3, 5 / 6, 1.0])
 
 
 def test_a_profile_refuses_runs_of_another_shape_or_head_naming_both():
@@ -122,6 +156,8 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     # Measured directly (layers and unembedding stubbed out), not left over from a difference:
     # never clamped to 0, and less than a pass through every layer.
     assert 0 < p.pass_fixed_ms < sum(p.layer_ms[0][0] for _ in range(adapter.num_layers))
+    assert len(p.depth_ratio) == adapter.num_layers and p.depth_ratio[-1] == 1.0
+    assert all(r > 0 for r in p.depth_ratio)
     assert p.identity["model_shape"] == model_shape(adapter)
     assert p.identity["head_architecture"] == "linear"
     path = tmp_path / "profile.json"

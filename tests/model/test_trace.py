@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from conftest import damped_model, prompts, quantile_thresholds
 
@@ -56,6 +57,7 @@ def _check_pass(pending_before, new, checked, out, adapter, exit_layers):
         assert t.checks == []
     for s in t.segments:  # attends over every key up to the newest row's position
         assert s.kv_len == out.final_positions[-1] + 1 if out.final_positions else s.kv_len > 0
+    assert t.depth == out.exit_layer + 1  # the layers whose weights the pass streamed
 
 
 def test_every_pass_of_every_mode_is_traced_as_computed():
@@ -75,6 +77,18 @@ def test_every_pass_of_every_mode_is_traced_as_computed():
             exits = sum(1 for *_, out in decode if out.exit_layer < adapter.num_layers - 1)
             assert stats.trace.heads_fired == exits
             assert sum(stats.trace.unembed.values()) == len(decode) - exits
+            # Each pass knows the depth of the one before it (the prefill's is full), and each
+            # segment is counted under its pass's reuse depth: the deeper of the two.
+            passes = [out.trace for *_, out in engine.log]
+            assert passes[0].depth == adapter.num_layers
+            assert [t.previous_depth for t in passes[1:]] == [t.depth for t in passes[:-1]]
+            assert any(t.reuse_depth < adapter.num_layers for t in passes)
+            expected, by_reuse = Counter(), Counter()
+            for t in passes[1:]:
+                expected[t.reuse_depth] += len(t.segments)
+            for key, n in stats.trace.segments.items():
+                by_reuse[key[5]] += n
+            assert by_reuse == expected
 
 
 def test_layerskip_verification_runs_only_the_layers_above_the_exit():
@@ -102,3 +116,8 @@ def test_trace_counts_round_trip_through_json():
     again = TraceCounts.from_json(data)
     assert again == stats.trace
     assert again.layer_rows == stats.layer_rows
+    # Records stored before reuse depths were recorded read 0: priced as after a full pass.
+    old = {**data, "segments": [[*row[:5], row[6]] for row in data["segments"]]}
+    older = TraceCounts.from_json(old)
+    assert {key[5] for key in older.segments} == {0}
+    assert older.layer_rows == stats.layer_rows

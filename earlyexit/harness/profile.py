@@ -59,9 +59,8 @@ from earlyexit.model.graphs import Capture, GraphCache
 
 FORMAT = "earlyexit.profile/1"
 # 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly;
-# 4: + the depth ratio; 5: + the reference pass. A cached profile of an older version is
-# re-measured.
-COMPONENTS = 5
+# 4: + the depth ratio and the reference pass. A cached profile of an older version is re-measured.
+COMPONENTS = 4
 # Passes in a row in one timed call of the depth ratio (after an untimed one).
 DEPTH_RUN = 8
 # Depths timed for the depth ratio: every depth up to this many layers, else this many spread

@@ -85,11 +85,6 @@ KEY_COLUMNS: dict[str, str] = {
     "full_predicted_tpot_ms": "metric.full_predicted_tpot_ms",
     "full_prediction_error": "metric.full_prediction_error",
     "predicted_speedup": "metric.predicted_speedup",
-    # The profile scaled by the machine's speed during the run (reference pass, now / profile's)
-    # and the errors of the unscaled profile; NaN for records before the reference pass.
-    "machine_drift": "metric.machine_drift",
-    "prediction_error_unscaled": "metric.prediction_error_unscaled",
-    "full_prediction_error_unscaled": "metric.full_prediction_error_unscaled",
     "decode_tokens": "metric.decode_tokens",
     "full_decode_tokens": "metric.full_decode_tokens",
     "trace": "metric.trace",
@@ -131,9 +126,6 @@ NUMERIC_COLUMNS = (
     "full_predicted_tpot_ms",
     "full_prediction_error",
     "predicted_speedup",
-    "machine_drift",
-    "prediction_error_unscaled",
-    "full_prediction_error_unscaled",
     "decode_tokens",
     "full_decode_tokens",
     *(f"time_ms.{c}" for c in COST_CATEGORIES),

@@ -150,25 +150,18 @@ def time_breakdown(df: pd.DataFrame) -> pd.DataFrame:
 def prediction_points(df: pd.DataFrame) -> pd.DataFrame:
     """Predicted vs measured (mean) time per output token: each run's own point and, for a
     non-full run, its full baseline's (mode ``full``, ``baseline`` True); error = predicted /
-    measured − 1, as the runner stores it; ``error_unscaled`` the same before the prediction
-    was scaled by the machine's drift (``drift`` 1 for records that predate it)."""
-    columns = ["model", "timing", "run_id", "mode", "baseline", "drift", "measured_ms", "predicted_ms"]
+    measured − 1, as the runner stores it."""
+    columns = ["model", "timing", "run_id", "mode", "baseline", "measured_ms", "predicted_ms", "error"]
     rows = []
     for _, r in df.iterrows():
-        drift = r.get("machine_drift", np.nan)
-        drift = float(drift) if pd.notna(drift) else 1.0
         own = (r["tpot_ms_mean"], r["predicted_tpot_ms"])
         if np.isfinite(own).all():
-            rows.append([r["model"], r["timing"], r["run_id"], r["mode"], False, drift, *own])
+            rows.append([r["model"], r["timing"], r["run_id"], r["mode"], False, *own])
         full = (r["full_tpot_ms_mean"], r["full_predicted_tpot_ms"])
         if r["mode"] != "full" and np.isfinite(full).all():
-            rows.append([r["model"], r["timing"], r["run_id"], "full", True, drift, *full])
-    points = pd.DataFrame(rows, columns=columns).astype(
-        {"drift": float, "measured_ms": float, "predicted_ms": float}
-    )
-    points["error"] = points["predicted_ms"] / points["measured_ms"] - 1
-    points["error_unscaled"] = points["predicted_ms"] / points["drift"] / points["measured_ms"] - 1
-    return points
+            rows.append([r["model"], r["timing"], r["run_id"], "full", True, *full])
+    points = pd.DataFrame([[*row, row[-1] / row[-2] - 1] for row in rows], columns=columns)
+    return points.astype({"measured_ms": float, "predicted_ms": float, "error": float})
 
 
 def speedup_prediction_error(df: pd.DataFrame) -> pd.Series:
@@ -176,8 +169,7 @@ def speedup_prediction_error(df: pd.DataFrame) -> pd.Series:
 
     Why beside the time error: a run's mode and its ``full`` baseline are measured interleaved, so
     a machine that runs 20% slower than when the profile was measured shifts both times alike and
-    cancels here. The time error is scaled by that drift as the reference pass measured it
-    (``machine_drift``); this one needs no reference.
+    cancels here; the time error carries that drift, this one only what the model gets wrong.
     """
     measured = pd.to_numeric(df["full_tpot_ms_mean"], errors="coerce") / pd.to_numeric(
         df["tpot_ms_mean"], errors="coerce"
@@ -190,22 +182,15 @@ def prediction_error_by_mode(
     points: pd.DataFrame, band: float = 0.15, runs: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Per model, timing regime and mode: how many points, the median |prediction error| and the
-    share within ``band`` (the issue's target: median |error| <= 15% for every mode), the median
-    |error| of the profile before its drift scaling; with `runs`, also the median |speedup
-    prediction error| of each mode's runs."""
+    share within ``band`` (the issue's target: median |error| <= 15% for every mode); with
+    `runs`, also the median |speedup prediction error| of each mode's runs."""
     columns = ["model", "timing", "mode", "points", "median_abs_error", "within_band"]
-    columns.append("median_abs_error_unscaled")
     if points.empty:
         return pd.DataFrame(columns=[*columns, "median_abs_speedup_error"])
     table = (
-        points.assign(abs_error=points["error"].abs(), abs_unscaled=points["error_unscaled"].abs())
-        .groupby(["model", "timing", "mode"], sort=False, dropna=False)
-        .agg(
-            points=("abs_error", "size"),
-            median_abs_error=("abs_error", "median"),
-            within_band=("abs_error", lambda e: float((e <= band).mean())),
-            median_abs_error_unscaled=("abs_unscaled", "median"),
-        )
+        points.assign(abs_error=points["error"].abs())
+        .groupby(["model", "timing", "mode"], sort=False, dropna=False)["abs_error"]
+        .agg(points="size", median_abs_error="median", within_band=lambda e: float((e <= band).mean()))
         .reset_index()
     )
     if runs is not None and not runs.empty:

@@ -121,9 +121,8 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
     if capture is not None:
         regimes.append((" (graphs)", list(strategies.values()), capture))
     for suffix, lineup, graphs in regimes:
-        kv = profile_kv_lengths(adapter, prompts, args, graphs)
         measured = measure_interleaved(
-            lineup, adapter, prompts, settings, args.repeats, args.warmup, True, graphs, kv[len(kv) // 2]
+            lineup, adapter, prompts, settings, args.repeats, args.warmup, progress=True, graphs=graphs
         )
         by_name = {m.name: m for m in measured}
         full = by_name["full"]
@@ -140,44 +139,30 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
     return results, outputs
 
 
-def profile_kv_lengths(adapter, prompts, args, graphs: Capture | None) -> list[int]:
-    """KV lengths spanning the run (a graphed pass attends over its bucket); the middle one is
-    the reference pass's, timed between samples and in the profile (``machine_drift``)."""
+def profiles(adapter, heads, prompts, args, capture: Capture | None) -> dict:
+    """The cost profile eagerly and, with `capture`, replayed as graphs; KV lengths span the run."""
     first = len(prompts[0]) + 1
     last = len(prompts[0]) + args.max_new_tokens
     kv = sorted({first, (first + last) // 2, last})
-    if graphs is not None:
-        kv = sorted({kv_bucket(k, adapter.max_positions) for k in kv})
-    return kv
-
-
-def profiles(adapter, heads, prompts, args, capture: Capture | None) -> dict:
-    """The cost profile eagerly and, with `capture`, replayed as graphs."""
     name, rows, repeats = device_name(adapter.device), args.profile_rows, args.profile_repeats
-    kv = profile_kv_lengths(adapter, prompts, args, None)
     out = {"eager": measure_profile(adapter, heads, kv, rows, None, name, repeats)}
     if capture is not None:
-        kv_graphs = profile_kv_lengths(adapter, prompts, args, capture)
+        kv_graphs = sorted({kv_bucket(k, adapter.max_positions) for k in kv})
         out["graphs"] = measure_profile(adapter, heads, kv_graphs, rows, capture, name, repeats)
     return out
 
 
 def predictions(results: dict, profile_by_regime: dict, metric: str) -> None:
-    """Each mode's time per token predicted from its trace, beside the measured mean; scaled by
-    the machine's drift between the timings and the profile (``CostProfile.machine_drift``)."""
+    """Each mode's time per token predicted from its trace, beside the measured mean."""
     for name, r in results.items():
         regime = "graphs" if name.endswith(" (graphs)") else "eager"
         mode = name.removesuffix(" (graphs)").split(" kv=")[0]
         if "trace" not in r or mode not in DECIDES or regime not in profile_by_regime:
             continue
-        profile = profile_by_regime[regime]
-        drift = profile.machine_drift(r.get("reference_ms"))
         trace = TraceCounts.from_json(r["trace"])
-        pred = predict(trace, r["decode_tokens"], profile, mode, metric, drift)
+        pred = predict(trace, r["decode_tokens"], profile_by_regime[regime], mode, metric)
         r["predicted_ms"] = pred
-        r["machine_drift"] = drift
         r["prediction_error"] = pred["tpot_ms"] / r["tpot_ms_mean"] - 1
-        r["prediction_error_unscaled"] = pred["tpot_ms"] / drift / r["tpot_ms_mean"] - 1
 
 
 def main() -> None:

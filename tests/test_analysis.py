@@ -518,23 +518,14 @@ def test_real_runs_carry_a_speedup_interval_and_a_priced_breakdown_that_reprojec
     parts = runs[[f"time_ms.{c}" for c in COST_CATEGORIES]].sum(axis=1)
     np.testing.assert_allclose(parts, runs["predicted_tpot_ms"], rtol=1e-9)
     assert (runs["predicted_tpot_ms"] > 0).all() and np.isfinite(runs["prediction_error"]).all()
-    # Each run timed the profile's reference pass between its samples: its prediction is the
-    # profile scaled by the machine's drift since the profile was measured.
-    drift = runs["machine_drift"].to_numpy(dtype=float)
-    assert (drift > 0).all() and (drift != 1.0).all()
-    unscaled = runs["predicted_tpot_ms"] / drift / runs["tpot_ms_mean"] - 1
-    np.testing.assert_allclose(runs["prediction_error_unscaled"], unscaled, rtol=1e-9)
     # Re-priced with the profile they were recorded with (cached beside the heads), the
-    # projection (never scaled: another device has no drift) reproduces every stored
-    # prediction before its scaling, the mode's and its full baseline's.
+    # projection reproduces every stored prediction, the mode's and its full baseline's.
     (path,) = (store.parent / "cache" / "profile").glob("*.result.json")
     profile = CostProfile.load(path)
     assert set(runs["profile_key"]) == {profile.key}
     projected = project(runs, profile).table.set_index("run_id").loc[runs["run_id"]]
-    np.testing.assert_allclose(projected["projected_tpot_ms"] * drift, runs["predicted_tpot_ms"], rtol=1e-9)
-    np.testing.assert_allclose(
-        projected["projected_full_tpot_ms"] * drift, runs["full_predicted_tpot_ms"], rtol=1e-9
-    )
+    np.testing.assert_allclose(projected["projected_tpot_ms"], runs["predicted_tpot_ms"], rtol=1e-9)
+    np.testing.assert_allclose(projected["projected_full_tpot_ms"], runs["full_predicted_tpot_ms"], rtol=1e-9)
 
 
 def test_fronts_on_real_runs_are_exactly_the_undominated_runs(runs):

@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,12 +42,6 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
     assert modes["full (graphs)"]["graphs_captured"] > 0 and modes["full"]["graphs_captured"] == 0
     for name in ("full", "layerskip", "full (graphs)", "layerskip (graphs)"):  # priced by the cost model
         assert modes[name]["predicted_ms"]["tpot_ms"] > 0
-        # scaled by the drift the reference pass measured between samples and in the profile
-        assert modes[name]["reference_ms"] > 0 and modes[name]["machine_drift"] > 0
-        unscaled = modes[name]["predicted_ms"]["tpot_ms"] / modes[name]["machine_drift"]
-        assert modes[name]["prediction_error_unscaled"] == pytest.approx(
-            unscaled / modes[name]["tpot_ms_mean"] - 1
-        )
     assert "predicted_ms" not in modes["hf-generate"]  # not the engine: no trace to price
     assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 4
     assert record["graphs"] == "replay"

@@ -27,7 +27,6 @@ from analysis.figures import (
     make_all,
 )
 from analysis.load import COST_CATEGORIES, load_results
-from analysis.measures import prediction_points
 from analysis.plotting import NoData
 from analysis.project import ProjectionRefused, project
 from analysis.summary import write_summary
@@ -117,7 +116,6 @@ def run_record(
     ci: tuple[float, float] | None = None,
     profile: CostProfile | None = None,
     shape: str = SHAPE,
-    reference_ms: float | None = None,
     **config,
 ) -> dict:
     """A record as the runner writes it: timing protocol fields, and prediction fields computed
@@ -126,7 +124,6 @@ def run_record(
     trace = trace or full_trace()
     mode_summary = {"trace": trace.to_json(), "decode_tokens": 10, "tpot_ms_mean": measured_ms}
     full_summary = {"trace": full_trace().to_json(), "decode_tokens": 10, "tpot_ms_mean": full_measured_ms}
-    full_summary["reference_ms"] = reference_ms
     if mode == "full":
         full_summary = mode_summary
     prediction = predict_run(profile, mode, "entropy", mode_summary, full_summary)
@@ -369,44 +366,14 @@ def test_summary_reports_the_median_prediction_error_per_mode(df, tmp_path):
     text = write_summary(df, tmp_path, "records.jsonl").read_text()
     section = text.split("## Cost model: predicted vs measured")[1].split("## Published")[0]
     full_median = np.median([0, 0, abs(9 / 9.2 - 1), abs(9 / 9.5 - 1)])
-    # No reference pass in these records: drift 1, the unscaled error is the error.
-    assert f"| m | eager | full | 4 | {full_median:.1%} | 100% | {full_median:.1%} | — |" in section
+    assert f"| m | eager | full | 4 | {full_median:.1%} | 100% | — |" in section
     # Speedup error: predicted speedup (9 / 7.72) over the measured one (9 / 7), minus 1.
     ee_speedup_error = (9 / 7.72) / (9 / 7) - 1
-    ee_error = f"{7.72 / 7 - 1:.1%}"
-    ee = f"| m | eager | early-exit | 1 | {ee_error} | 100% | {ee_error} | {abs(ee_speedup_error):.1%} |"
+    ee = f"| m | eager | early-exit | 1 | {7.72 / 7 - 1:.1%} | 100% | {abs(ee_speedup_error):.1%} |"
     assert ee in section
     assert f"| m | eager | layerskip | 1 | {abs(7.62 / 10 - 1):.1%} | 0% |" in section
     assert "| m | eager | early-exit | fill | entropy | 0.7 | — | — | 7.000 | 7.720 | +10.3% |" in section
-    assert f"| 1.000 | 1.17 | 1.29 | {ee_speedup_error:+.1%} |" in section
-
-
-def test_a_run_prices_with_its_profile_scaled_by_the_machine_drift_its_reference_pass_measured(tmp_path):
-    """The profile timed its reference pass at 2.0 ms; the run, between its samples, at 2.4 ms:
-    the machine ran 1.2x slower, so every predicted part is 1.2x the profile's price."""
-    profile = make_profile()
-    profile.reference_ms, profile.reference_kv = 2.0, 15
-    mode = {"trace": early_exit_trace().to_json(), "decode_tokens": 10, "tpot_ms_mean": 9.0}
-    full = {"trace": full_trace().to_json(), "decode_tokens": 10, "tpot_ms_mean": 11.0, "reference_ms": 2.4}
-    got = predict_run(profile, "early-exit", "entropy", mode, full)
-    assert got["machine_drift"] == pytest.approx(1.2)
-    assert got["predicted_tpot_ms"] == pytest.approx(1.2 * sum(EARLY_EXIT_MS.values()))
-    assert got["full_predicted_tpot_ms"] == pytest.approx(1.2 * FULL_MS)
-    assert got["time_ms.layers_draft"] == pytest.approx(1.2 * EARLY_EXIT_MS["layers_draft"])
-    assert got["prediction_error"] == pytest.approx(1.2 * sum(EARLY_EXIT_MS.values()) / 9.0 - 1)
-    assert got["prediction_error_unscaled"] == pytest.approx(sum(EARLY_EXIT_MS.values()) / 9.0 - 1)
-    assert got["full_prediction_error_unscaled"] == pytest.approx(FULL_MS / 11.0 - 1)
-    assert got["predicted_speedup"] == pytest.approx(FULL_MS / sum(EARLY_EXIT_MS.values()))  # drift cancels
-    # No reference time on either side (old profiles, old records): unscaled.
-    for reference in (None, float("nan")):
-        again = predict_run(profile, "early-exit", "entropy", mode, {**full, "reference_ms": reference})
-        assert again["machine_drift"] == 1.0
-    s = ResultStore(tmp_path / "records.jsonl")
-    s.append(run_record("early-exit", 9.0, 11.0, early_exit_trace(), profile=profile, reference_ms=2.4))
-    points = prediction_points(load_results(s.path)).set_index("baseline")
-    assert points["drift"].tolist() == pytest.approx([1.2, 1.2])
-    assert points.loc[False, "error_unscaled"] == pytest.approx(got["prediction_error_unscaled"])
-    assert points.loc[True, "error_unscaled"] == pytest.approx(got["full_prediction_error_unscaled"])
+    assert f"| 1.17 | 1.29 | {ee_speedup_error:+.1%} |" in section
 
 
 def test_new_figures_skip_records_from_before_the_cost_model(df, tmp_path):

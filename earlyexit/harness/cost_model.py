@@ -66,17 +66,10 @@ def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | Non
 
 
 def predict(
-    trace: TraceCounts,
-    decode_tokens: int,
-    profile: CostProfile,
-    mode: str,
-    metric: str | None,
-    drift: float = 1.0,
+    trace: TraceCounts, decode_tokens: int, profile: CostProfile, mode: str, metric: str | None
 ) -> dict[str, float]:
-    """Predicted ms per output token: the total (``tpot_ms``) and one entry per category, every
-    part scaled by `drift` (``CostProfile.machine_drift``: the machine's speed now against the
-    profile's; 1.0 for a projection onto another device)."""
+    """Predicted ms per output token: the total (``tpot_ms``) and one entry per category."""
     if decode_tokens < 1:
         raise ValueError(f"need at least one decoded token to price, got {decode_tokens}")
-    parts = {k: drift * v / decode_tokens for k, v in price(trace, profile, mode, metric).items()}
+    parts = {k: v / decode_tokens for k, v in price(trace, profile, mode, metric).items()}
     return {"tpot_ms": sum(parts.values()), **parts}

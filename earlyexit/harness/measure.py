@@ -12,7 +12,6 @@ Time to first token and time per output token are kept apart (DESIGN.md).
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -25,9 +24,7 @@ from tqdm.auto import tqdm
 from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy, engine_for
 from earlyexit.decoding.base import demo_acceptance, kv_of
 from earlyexit.exits.heads import HeadSet
-from earlyexit.harness.profile import reference_pass
 from earlyexit.model.adapter import ModelAdapter
-from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache
 from earlyexit.model.trace import TraceCounts
@@ -53,7 +50,6 @@ class Measured:
     samples: list[DecodeStats] = field(default_factory=list)
     prompts: int = 0
     graphs_captured: int = 0
-    reference_ms: list[float] = field(default_factory=list)  # the reference pass, once per sample
 
     @property
     def tpot_s(self) -> np.ndarray:
@@ -108,7 +104,6 @@ class Measured:
             "prompts": self.prompts,
             "repeats": len(runs) // max(1, self.prompts),
             "graphs_captured": self.graphs_captured,
-            "reference_ms": statistics.median(self.reference_ms) if self.reference_ms else float("nan"),
         }
 
 
@@ -121,16 +116,13 @@ def measure_interleaved(
     warmup: int = 1,
     progress: bool = False,
     graphs: Capture | None = None,
-    reference_kv: int | None = None,
 ) -> list[Measured]:
     """Every strategy on every prompt, `repeats` times, in alternating order per sample.
 
     Warm-up is untimed: each strategy decodes the first prompt `warmup` times, and with
     `graphs` (earlyexit/model/graphs.py) every prompt once, so no graph capture falls inside
     a timed call. Sample j = repeat * len(prompts) + prompt runs the strategies in order when
-    j is even and in reverse when odd (A B B A ... for two). With `reference_kv`, the cost
-    profile's reference pass (``profile.reference_pass``) is timed after every sample on the
-    first strategy's engine, so the run knows how fast the machine ran while it was measured.
+    j is even and in reverse when odd (A B B A ... for two).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -156,10 +148,6 @@ def measure_interleaved(
                 for prompt in prompts:
                     strategy.generate(engine, prompt, settings)
         order = list(range(len(strategies)))
-        reference = reference_pass(engines[0], reference_kv) if reference_kv else None
-        if reference is not None:
-            reference()  # untimed: with graphs, its capture
-        reference_ms: list[float] = []
         desc = "benchmark " + " vs ".join(names)
         for j in tqdm(range(repeats * len(prompts)), desc=desc, disable=not progress):
             prompt = prompts[j % len(prompts)]
@@ -168,15 +156,8 @@ def measure_interleaved(
                 out[k].samples.append(result.stats)
                 if j < len(prompts):
                     out[k].ids.append(result.ids)
-            if reference is not None:
-                synchronize(adapter.device)
-                start = time.perf_counter()
-                reference()
-                synchronize(adapter.device)
-                reference_ms.append(1e3 * (time.perf_counter() - start))
     for m, engine, cache in zip(out, engines, head_graphs, strict=True):
         m.graphs_captured = len(engine.graphs or ()) + len(cache or ())
-        m.reference_ms = reference_ms
     return out
 
 

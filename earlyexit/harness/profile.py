@@ -22,9 +22,6 @@ of them alike), each the median over rounds after untimed warm-up rounds:
   same for all L layers. A draft after a draft finds its layers' weights still in cache; a
   pass after a full-depth pass finds them pushed out (``PassTrace.reuse_depth``). Measured at
   one row, it prices the weight traffic a warm pass saves, once per layer whatever its rows;
-- the reference pass (``reference_pass``): one row through every layer. A run times the same
-  call between its samples, so the machine's speed during the run against the profile's
-  (``machine_drift``) is known, and the run's prediction is scaled by it;
 - the fixed cost per engine pass, measured directly: one decode step through the decode loop
   (``Run.forward`` + the greedy pick) with the engine's segments and unembedding stubbed out, so
   what is timed is the embedding, the bookkeeping and the pick. (It was a full step minus its
@@ -34,7 +31,6 @@ of them alike), each the median over rounds after untimed warm-up rounds:
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -59,7 +55,7 @@ from earlyexit.model.graphs import Capture, GraphCache
 
 FORMAT = "earlyexit.profile/1"
 # 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly;
-# 4: + the depth ratio and the reference pass. A cached profile of an older version is re-measured.
+# 4: + the depth ratio. A cached profile of an older version is re-measured.
 COMPONENTS = 4
 # Passes in a row in one timed call of the depth ratio (after an untimed one).
 DEPTH_RUN = 8
@@ -112,9 +108,6 @@ class CostProfile:
     # [d - 1]: per-layer time of passes through the first d layers, run several in a row, over
     # the same for every layer (1.0 at full depth; None: profile predates it).
     depth_ratio: list[float] | None = None
-    # The reference pass (``reference_pass``) at KV length `reference_kv` (None: predates it).
-    reference_ms: float | None = None
-    reference_kv: int | None = None
 
     # ------------------------------------------------------------------ prices
     def segment_ms(self, layers: int, rows: int, kv_len: int, reuse_depth: int = 0) -> float:
@@ -145,13 +138,6 @@ class CostProfile:
                 "measure it again to price engine.kv=propagate runs"
             )
         return max(0.0, self.projection_layer_ms)
-
-    def machine_drift(self, reference_ms_now: float | None) -> float:
-        """How much slower (>1) or faster (<1) the machine runs the reference pass now than
-        when the profile was measured; 1.0 when either side did not time it."""
-        if not self.reference_ms or not reference_ms_now or not math.isfinite(reference_ms_now):
-            return 1.0
-        return reference_ms_now / self.reference_ms
 
     def decision_overhead_ms(self, metric: str | None) -> float:
         """What an exit decision costs beyond the head's matmul (0 for a bare head call)."""
@@ -293,7 +279,6 @@ def measure_profile(
         calls[("flush", *key)] = flush
         calls[key] = fn
     calls[("bare step",)] = _bare_decode_step(engine, mid)
-    calls[("reference",)] = reference_pass(engine, mid)
     depths = depth_points(L)
     for d in depths:  # an untimed pass first: the timed ones follow a pass of their own depth
         calls[("depth first", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], 1)
@@ -323,32 +308,8 @@ def measure_profile(
         ms["bare step",],
         ms["project",] / L,
         _depth_ratio(depths, [ms["depth", d] / DEPTH_RUN - fixed[0][len(kv_lengths) // 2] for d in depths]),
-        ms["reference",],
-        mid,
     )
     return profile
-
-
-def reference_pass(engine: ExitEngine, kv_len: int) -> Callable[[], None]:
-    """One row through every layer attending over `kv_len` keys: a fixed piece of work timed by
-    the profile and again between a run's samples (``measure_interleaved``), whose ratio says
-    how much slower or faster the machine runs now than when the profile was measured.
-
-    Why: a profile is cached, and a shared machine drifts by ±25% over minutes (BENCHMARKS.md);
-    a run priced with a stale profile carries that drift in its prediction error. Run on the
-    engine's own buffers: it writes K/V at position `kv_len` - 1, which the next prompt's
-    prefill overwrites before anything attends to it.
-    """
-    gen = torch.Generator().manual_seed(0)
-    adapter = engine.adapter
-    hidden = torch.randn(1, adapter.hidden_size, generator=gen).to(device=adapter.device, dtype=adapter.dtype)
-    last, positions = adapter.num_layers - 1, [kv_len - 1]
-
-    def run() -> None:
-        with engine._attention():
-            engine._run_segment(0, last, hidden, positions)
-
-    return run
 
 
 def depth_points(layers: int) -> list[int]:

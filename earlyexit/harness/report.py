@@ -71,18 +71,9 @@ def _breakdown(m: dict) -> str:
     table = pd.DataFrame(rows, columns=["ms per token (cost model)", "mode", "full"]).set_index(
         "ms per token (cost model)"
     )
-    drift = m.get("machine_drift")
-    scaled = (
-        f"\nprofile scaled by the machine's drift since it was measured: x{drift:.3f} (unscaled errors "
-        f"{m.get('prediction_error_unscaled', float('nan')):+.1%} mode, "
-        f"{m.get('full_prediction_error_unscaled', float('nan')):+.1%} full)"
-        if drift is not None
-        else ""
-    )
     return (
         table.to_string(float_format="%.4f")
         + f"\npredicted speedup {m.get('predicted_speedup', float('nan')):.3f}x"
-        + scaled
     )
 
 

@@ -263,11 +263,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
     # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure.py).
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
-    kv_lengths = profile_kv_lengths(cfg, adapter, graphs)
-    reference_kv = kv_lengths[len(kv_lengths) // 2]  # the profile's reference pass, timed between samples
-    measured = measure_interleaved(
-        lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs, reference_kv
-    )
+    measured = measure_interleaved(lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs)
     full_ids, full = measured[0].ids, measured[0].summary()
     ids, mode = measured[-1].ids, measured[-1].summary()
     if cfg.mode.name == "full":  # the baseline is the run: measured once, its speedup is 1 by definition
@@ -277,7 +273,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         comparison = speedup_interval(measured[0], measured[1], seed=cfg.seed)
 
     log.info("stage 5/5: FLOPs, cost model and record")
-    profile = cost_profile(cfg, adapter, heads, graphs, kv_lengths)
+    profile = cost_profile(cfg, adapter, heads, graphs)
     prediction = predict_run(profile, cfg.mode.name, metric, mode, full)
     metrics.update({k: v for k, v in mode.items() if k not in ("exit_histogram", "trace")})
     metrics.update(
@@ -357,22 +353,17 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     return summary
 
 
-def profile_kv_lengths(cfg: DictConfig, adapter, graphs) -> list[int]:
-    """KV lengths the profile times: the benchmark's span (a graphed pass attends over its bucket)."""
+def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
+    """This device's component profile for the model shape and head architecture (cached).
+
+    KV lengths span the benchmark's (as a graphed pass attends over its KV bucket); rows go up
+    to the engine's graph row limit, beyond which the profile extrapolates.
+    """
     b = cfg.bench
     first, last = b.prompt_len + 1, b.prompt_len + b.max_new_tokens
     kv_lengths = sorted({first, (first + last) // 2, last})
     if graphs is not None:
         kv_lengths = sorted({kv_bucket(k, adapter.max_positions) for k in kv_lengths})
-    return kv_lengths
-
-
-def cost_profile(cfg: DictConfig, adapter, heads, graphs, kv_lengths: list[int]) -> CostProfile:
-    """This device's component profile for the model shape and head architecture (cached).
-
-    Rows go up to the engine's graph row limit, beyond which the profile extrapolates.
-    """
-    b = cfg.bench
     name = device_name(adapter.device)
     identity = {
         **profile_identity(adapter, heads, graphs is not None, name),
@@ -392,17 +383,11 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs, kv_lengths: list[int])
 
 
 def predict_run(profile: CostProfile, mode_name: str, metric: str, mode: dict, full: dict) -> dict:
-    """Predicted time per token of the mode and of full, beside the measured (mean) ones.
-
-    The profile is scaled by the machine's drift since it was measured (``machine_drift``: the
-    reference pass timed between this run's samples against the profile's), so the prediction
-    error is the cost model's, not the machine's; the unscaled errors are stored beside.
-    """
-    drift = profile.machine_drift(full.get("reference_ms"))
+    """Predicted time per token of the mode and of full, beside the measured (mean) ones."""
 
     def one(summary: dict, name: str) -> dict:
         trace = TraceCounts.from_json(summary["trace"])
-        return predict(trace, summary["decode_tokens"], profile, name, metric, drift)
+        return predict(trace, summary["decode_tokens"], profile, name, metric)
 
     mine, base = one(mode, mode_name), one(full, "full")
     return {
@@ -410,9 +395,6 @@ def predict_run(profile: CostProfile, mode_name: str, metric: str, mode: dict, f
         "prediction_error": mine["tpot_ms"] / mode["tpot_ms_mean"] - 1,
         "full_predicted_tpot_ms": base["tpot_ms"],
         "full_prediction_error": base["tpot_ms"] / full["tpot_ms_mean"] - 1,
-        "machine_drift": drift,
-        "prediction_error_unscaled": mine["tpot_ms"] / drift / mode["tpot_ms_mean"] - 1,
-        "full_prediction_error_unscaled": base["tpot_ms"] / drift / full["tpot_ms_mean"] - 1,
         "predicted_speedup": base["tpot_ms"] / mine["tpot_ms"],
         **{f"time_ms.{k}": mine[k] for k in CATEGORIES},
         **{f"full_time_ms.{k}": base[k] for k in CATEGORIES},

@@ -156,8 +156,6 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     # Measured directly (layers and unembedding stubbed out), not left over from a difference:
     # never clamped to 0, and less than a pass through every layer.
     assert 0 < p.pass_fixed_ms < sum(p.layer_ms[0][0] for _ in range(adapter.num_layers))
-    assert p.reference_kv == 20 and p.reference_ms > 0  # one row, every layer, at the middle KV
-    assert p.machine_drift(2 * p.reference_ms) == pytest.approx(2.0) and p.machine_drift(None) == 1.0
     assert len(p.depth_ratio) == adapter.num_layers and p.depth_ratio[-1] == 1.0
     assert all(r > 0 for r in p.depth_ratio)
     assert p.identity["model_shape"] == model_shape(adapter)

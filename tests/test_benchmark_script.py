@@ -73,3 +73,31 @@ def test_benchmark_script_refuses_an_unknown_kv_strategy_before_loading():
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--kv copy: not a KV strategy; valid: fill, propagate, skip" in out.stderr
+
+
+def test_price_passes_times_and_prices_every_pass_shape_of_each_mode(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "price_passes.py"),
+        "--prompts", "2",
+        "--max-new-tokens", "6",
+        "--repeats", "1",
+        "--profile-repeats", "2",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    (path,) = tmp_path.glob("passes-cpu-*.json")
+    rows = json.loads(path.read_text())["passes"]
+    modes = {r["mode"] for r in rows}
+    assert {"full", "early-exit always, kv=fill", "early-exit always, kv=skip"} <= modes
+    assert sum(m.startswith("layerskip E=") for m in modes) == 2
+    # full: every decode pass runs all 8 layers after a pass that did (2 prompts x 5 passes).
+    (full,) = [r for r in rows if r["mode"] == "full"]
+    assert (full["depth"], full["previous_depth"], full["rows"], full["passes"]) == (8, 8, 1, 10)
+    # early-exit with thresholds every score passes: every pass stops at the first head (layer 1),
+    # the first after the prefill (8 layers), the rest after a pass of 2.
+    always = [r for r in rows if r["mode"] == "early-exit always, kv=skip"]
+    assert {(r["depth"], r["previous_depth"]) for r in always} == {(2, 8), (2, 2)}
+    assert sum(r["passes"] for r in always) == 10
+    assert all(r["measured_ms"] > 0 and r["priced_ms"] > 0 and r["priced_flat_ms"] > 0 for r in rows)
+    assert "no depth ratio" in done.stdout

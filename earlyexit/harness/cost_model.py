@@ -18,9 +18,9 @@ Categories (ms per output token after the first):
 - ``unembedding``: final norm + output matmul over a full-depth pass's rows;
 - ``pass_fixed``: per engine pass, everything outside the above (embedding, bookkeeping, loop).
 A segment's time is split between its new and pending rows in proportion to their rows. Its
-layers are priced by how many layers ran since they last did (``PassTrace.reuse_depth``): a
-draft after a draft finds its layers' weights in cache (``CostProfile.depth_ratio``), which
-on a CPU makes runs of shallow passes cheaper per layer than full-depth decoding.
+layers that the pass before ran too are priced by that pass's depth (``PassTrace.warm_layers``):
+after a shallow pass their weights are still in cache (``CostProfile.depth_ratio``), which on
+a CPU makes runs of drafts, and a verification's layers below the exit, cheaper per layer.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | Non
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(DECIDES)}")
     out = dict.fromkeys(CATEGORIES, 0.0)
     pending_kind = PENDING_KIND.get(mode, "layers_verify")
-    for (layers, new, pending, kv_len, exited, reuse), count in trace.segments.items():
-        total = count * profile.segment_ms(layers, new + pending, kv_len, reuse)
+    for (layers, new, pending, kv_len, exited, reuse, warm), count in trace.segments.items():
+        total = count * profile.segment_ms(layers, new + pending, kv_len, reuse, warm)
         out["layers_draft" if exited else "layers_full"] += total * new / (new + pending)
         out[pending_kind] += total * pending / (new + pending)
     evaluated = trace.heads_evaluated

@@ -20,7 +20,7 @@ of them alike), each the median over rounds after untimed warm-up rounds:
 - how the layers streamed since a layer last ran change its cost (``depth_ratio``): passes
   through the first d layers, several in a row after an untimed one, per layer, against the
   same for all L layers. A draft after a draft finds its layers' weights still in cache; a
-  pass after a full-depth pass finds them pushed out (``PassTrace.reuse_depth``). Measured at
+  pass after a full-depth pass finds them pushed out (``PassTrace.warm_layers``). Measured at
   one row, it prices the weight traffic a warm pass saves, once per layer whatever its rows;
 - the fixed cost per engine pass, measured directly: one decode step through the decode loop
   (``Run.forward`` + the greedy pick) with the engine's segments and unembedding stubbed out, so
@@ -110,14 +110,17 @@ class CostProfile:
     depth_ratio: list[float] | None = None
 
     # ------------------------------------------------------------------ prices
-    def segment_ms(self, layers: int, rows: int, kv_len: int, reuse_depth: int = 0) -> float:
-        """A segment of `layers` layers on `rows` rows attending over `kv_len` keys, in a pass
-        whose layers last ran `reuse_depth` layers ago (``PassTrace.reuse_depth``; 0: not
-        known, priced as after a full-depth pass)."""
+    def segment_ms(
+        self, layers: int, rows: int, kv_len: int, reuse_depth: int = 0, warm_layers: int = 0
+    ) -> float:
+        """A segment of `layers` layers on `rows` rows attending over `kv_len` keys, `warm_layers`
+        of which last ran in a pass of `reuse_depth` layers (``PassTrace.warm_layers``; 0: priced
+        as after a full-depth pass)."""
         fixed = _interp2(self.rows, self.kv_lengths, self.segment_fixed_ms, rows, kv_len)
-        per_layer = _interp2(self.rows, self.kv_lengths, self.layer_ms, rows, kv_len)
-        saving = self.warm_saving_ms(reuse_depth, kv_len)
-        return max(0.0, fixed) + layers * max(0.0, per_layer - saving)
+        per_layer = max(0.0, _interp2(self.rows, self.kv_lengths, self.layer_ms, rows, kv_len))
+        warm = min(max(0, warm_layers), layers)
+        saving = min(per_layer, self.warm_saving_ms(reuse_depth, kv_len))
+        return max(0.0, fixed) + layers * per_layer - warm * saving
 
     def warm_saving_ms(self, reuse_depth: int, kv_len: int) -> float:
         """Per layer, what finding its weights in cache saves: once per layer whatever its rows.
@@ -328,10 +331,23 @@ def _passes_in_a_row(
 
 def _depth_ratio(depths: list[int], ms: list[float]) -> list[float]:
     """Per-layer time at every depth 1..L over that at L, interpolated between timed depths
-    (`ms`: one pass's layers at each timed depth)."""
-    per_layer = [t / d for d, t in zip(depths, ms, strict=True)]
+    (`ms`: one pass's layers at each timed depth), made non-decreasing: more layers between a
+    layer's two runs cannot leave more of it in cache, so a dip is noise (``_monotone``)."""
+    per_layer = _monotone([t / d for d, t in zip(depths, ms, strict=True)])
     full = per_layer[-1]
     return [float(np.interp(d, depths, per_layer)) / full for d in range(1, depths[-1] + 1)]
+
+
+def _monotone(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators). Written
+    here: a dozen lines, where scipy would be one more dependency on a bare GPU box."""
+    blocks: list[list[float]] = []  # [mean, size]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
 
 
 def _interleaved_ms(

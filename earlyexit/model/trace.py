@@ -78,23 +78,24 @@ class PassTrace:
         """How many layers, from the first, this pass ran: whose weights it streamed."""
         return max((s.end + 1 for s in self.segments), default=0)
 
-    @property
-    def reuse_depth(self) -> int:
-        """How many layers were streamed since this pass's layers last ran: the deeper of this
-        pass and the one before. Few (a draft after a draft) means their weights are in cache."""
-        return max(self.depth, self.previous_depth)
+    def warm_layers(self, segment: SegmentRun) -> int:
+        """How many of `segment`'s layers the pass before this one ran too. Between such a
+        layer's two runs about `previous_depth` layers ran (those after it in that pass, those
+        before it in this one), so when that pass was shallow its weights are still in cache."""
+        return max(0, min(segment.end + 1, self.previous_depth) - segment.start)
 
 
 @dataclass
 class TraceCounts:
     """A multiset of passes' work, keyed so that equal work prices equally.
 
-    ``segments`` counts ``(layers, new_rows, pending_rows, kv_len, exited, reuse_depth)``:
+    ``segments`` counts ``(layers, new_rows, pending_rows, kv_len, exited, reuse, warm)``:
     ``exited`` says whether the pass ended at an exit, i.e. whether its new rows were drafts (or
-    early-exited tokens) rather than tokens computed at full depth; ``reuse_depth`` is the
-    pass's (``PassTrace.reuse_depth``): a shallow pass after a shallow pass finds its layers'
-    weights still in cache, so they cost less (``CostProfile.depth_ratio``). Traces stored
-    before it was recorded read 0: priced as after a full-depth pass.
+    early-exited tokens) rather than tokens computed at full depth; ``warm`` is how many of the
+    segment's layers the previous pass ran too (``PassTrace.warm_layers``) and ``reuse`` that
+    pass's depth (0 when ``warm`` is 0): a draft after a shallow draft, or a verification's
+    layers below the exit, find their weights still in cache (``CostProfile.depth_ratio``).
+    Traces stored before these were recorded read 0, 0: priced as after a full-depth pass.
     """
 
     passes: int = 0
@@ -105,9 +106,11 @@ class TraceCounts:
 
     def add(self, trace: PassTrace) -> None:
         self.passes += 1
-        exited, reuse = trace.exited, trace.reuse_depth
+        exited = trace.exited
         for s in trace.segments:
-            self.segments[(s.layers, s.new_rows, s.pending_rows, s.kv_len, exited, reuse)] += 1
+            warm = trace.warm_layers(s)
+            reuse = trace.previous_depth if warm else 0
+            self.segments[(s.layers, s.new_rows, s.pending_rows, s.kv_len, exited, reuse, warm)] += 1
         self.checks.update(trace.checks)
         if trace.unembed_rows:
             self.unembed[trace.unembed_rows] += 1
@@ -140,7 +143,7 @@ class TraceCounts:
     def to_json(self) -> dict:
         return {
             "passes": self.passes,
-            "segments": [[*k[:4], int(k[4]), k[5], n] for k, n in sorted(self.segments.items())],
+            "segments": [[*k[:4], int(k[4]), *k[5:], n] for k, n in sorted(self.segments.items())],
             "checks": [[layer, int(fired), n] for (layer, fired), n in sorted(self.checks.items())],
             "unembed": [[rows, n] for rows, n in sorted(self.unembed.items())],
             "projections": [[layers, rows, n] for (layers, rows), n in sorted(self.projections.items())],
@@ -150,10 +153,10 @@ class TraceCounts:
     def from_json(cls, data: dict) -> TraceCounts:
         out = cls(passes=int(data["passes"]))
         for row in data["segments"]:
-            if len(row) == 6:  # stored before reuse depths were recorded: 0, "not known"
-                row = [*row[:5], 0, row[5]]
-            *key, exited, reuse, n = row
-            out.segments[(*map(int, key), bool(exited), int(reuse))] += int(n)
+            if len(row) < 8:  # stored before warm layers were recorded: priced as cold
+                row = [*row[:5], 0, 0, row[-1]]
+            *key, exited, reuse, warm, n = row
+            out.segments[(*map(int, key), bool(exited), int(reuse), int(warm))] += int(n)
         for layer, fired, n in data["checks"]:
             out.checks[(int(layer), bool(fired))] = int(n)
         for rows, n in data["unembed"]:

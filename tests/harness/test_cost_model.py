@@ -60,7 +60,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
     trace = TraceCounts(
         passes=3,
         # a draft pass: 2 layers, 1 new row, exited; then a verification: 4 layers on 1 new + 2 pending
-        segments=Counter({(2, 1, 0, 10, True, 2): 2, (4, 1, 2, 20, False, 4): 1}),
+        segments=Counter({(2, 1, 0, 10, True, 0, 0): 2, (4, 1, 2, 20, False, 0, 0): 1}),
         checks=Counter({(1, True): 2, (1, False): 1}),
         unembed=Counter({3: 1}),
     )
@@ -88,7 +88,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
 def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_cannot():
     trace = TraceCounts(
         passes=2,
-        segments=Counter({(2, 1, 0, 10, True, 2): 2}),
+        segments=Counter({(2, 1, 0, 10, True, 0, 0): 2}),
         checks=Counter({(1, True): 2}),
         projections=Counter({(4, 1): 2}),  # two exited tokens, 4 skipped layers each
     )
@@ -109,17 +109,21 @@ def test_a_shallow_pass_saves_the_weight_traffic_its_depth_ratio_says_once_per_l
     # 4 layers; passes 1 or 2 deep run at 0.6 / 0.8 of a full-depth pass's per-layer time
     # (1.0 ms at one row, KV 10); a ratio above 1 (noise) saves nothing.
     p = _profile(depth_ratio=[0.6, 0.8, 1.1, 1.0])
-    assert p.segment_ms(2, 1, 10, reuse_depth=2) == pytest.approx(0.1 + 2 * 0.8)
-    assert p.segment_ms(1, 1, 10, reuse_depth=1) == pytest.approx(0.1 + 0.6)
+    assert p.segment_ms(2, 1, 10, reuse_depth=2, warm_layers=2) == pytest.approx(0.1 + 2 * 0.8)
+    assert p.segment_ms(1, 1, 10, reuse_depth=1, warm_layers=1) == pytest.approx(0.1 + 0.6)
+    # Only the layers the previous pass ran are warm (a verification's layers below the exit).
+    assert p.segment_ms(2, 1, 10, reuse_depth=2, warm_layers=1) == pytest.approx(0.1 + 0.8 + 1.0)
     # More rows: the saving is the weights, once per layer, not a share of the rows' compute.
-    assert p.segment_ms(2, 4, 10, reuse_depth=2) == pytest.approx(0.2 + 2 * (2.5 - 0.2))
-    assert p.segment_ms(2, 1, 20, reuse_depth=2) == pytest.approx(0.1 + 2 * (2.0 - 0.2 * 2.0))
-    for no_saving in (0, 3, 4):  # depth unknown (old records), ratio above 1, full depth
-        assert p.segment_ms(2, 1, 10, reuse_depth=no_saving) == pytest.approx(0.1 + 2 * 1.0)
-    assert _profile().segment_ms(2, 1, 10, reuse_depth=1) == pytest.approx(2.1)  # old profile: no ratio
+    assert p.segment_ms(2, 4, 10, 2, 2) == pytest.approx(0.2 + 2 * (2.5 - 0.2))
+    assert p.segment_ms(2, 1, 20, 2, 2) == pytest.approx(0.1 + 2 * (2.0 - 0.2 * 2.0))
+    for reuse, warm in ((0, 0), (2, 0), (3, 2), (4, 2)):  # cold, no warm layer, ratio above 1, full depth
+        assert p.segment_ms(2, 1, 10, reuse, warm) == pytest.approx(0.1 + 2 * 1.0)
+    assert _profile().segment_ms(2, 1, 10, 1, 2) == pytest.approx(2.1)  # old profile: no ratio
     trace = TraceCounts(
         passes=3,
-        segments=Counter({(2, 1, 0, 10, True, 2): 2, (2, 1, 0, 10, False, 4): 1, (2, 1, 0, 10, False, 0): 1}),
+        segments=Counter(
+            {(2, 1, 0, 10, True, 2, 2): 2, (2, 1, 0, 10, False, 4, 2): 1, (2, 1, 0, 10, False, 0, 0): 1}
+        ),
         checks=Counter({(1, True): 2, (1, False): 2}),
     )
     got = price(trace, p, "early-exit", "entropy")
@@ -134,6 +138,9 @@ def test_deep_models_time_a_few_depths_and_interpolate_the_rest():
     assert deep[0] == 1 and deep[-1] == 24 and len(deep) <= 13 and deep == sorted(set(deep))
     # Per-layer 0.5 ms at depth 1 and 1.0 at depth 4 (2 and 3 not timed): linear between.
     assert _depth_ratio([1, 4], [0.5, 4.0]) == pytest.approx([0.5, 2 / 3, 5 / 6, 1.0])
+    # A dip is noise: per layer 0.9, 0.5, 1.2, 1.0 pools to 0.7, 0.7, 1.1, 1.1.
+    assert _depth_ratio([1, 2, 3, 4], [0.9, 1.0, 3.6, 4.0]) == pytest.approx([0.7 / 1.1, 0.7 / 1.1, 1.0, 1.0])
+    assert _depth_ratio([1, 2, 3], [0.5, 1.4, 3.0]) == pytest.approx([0.5, 0.7, 1.0])  # already monotone
 
 
 def test_a_profile_refuses_runs_of_another_shape_or_head_naming_both():

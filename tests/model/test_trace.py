@@ -77,18 +77,22 @@ def test_every_pass_of_every_mode_is_traced_as_computed():
             exits = sum(1 for *_, out in decode if out.exit_layer < adapter.num_layers - 1)
             assert stats.trace.heads_fired == exits
             assert sum(stats.trace.unembed.values()) == len(decode) - exits
-            # Each pass knows the depth of the one before it (the prefill's is full), and each
-            # segment is counted under its pass's reuse depth: the deeper of the two.
+            # Each pass knows the depth of the one before it (the prefill's is full); a segment
+            # counts as warm the layers that pass ran too, under that pass's depth.
             passes = [out.trace for *_, out in engine.log]
             assert passes[0].depth == adapter.num_layers
             assert [t.previous_depth for t in passes[1:]] == [t.depth for t in passes[:-1]]
-            assert any(t.reuse_depth < adapter.num_layers for t in passes)
-            expected, by_reuse = Counter(), Counter()
+            expected, recorded = Counter(), Counter()
             for t in passes[1:]:
-                expected[t.reuse_depth] += len(t.segments)
+                for seg in t.segments:
+                    warm = len(set(range(seg.start, seg.end + 1)) & set(range(t.previous_depth)))
+                    expected[t.previous_depth if warm else 0, warm] += 1
             for key, n in stats.trace.segments.items():
-                by_reuse[key[5]] += n
-            assert by_reuse == expected
+                recorded[key[5:]] += n
+            assert recorded == expected
+            assert any(
+                reuse < adapter.num_layers for reuse, warm in recorded if warm
+            )  # shallow after shallow
 
 
 def test_layerskip_verification_runs_only_the_layers_above_the_exit():
@@ -116,8 +120,8 @@ def test_trace_counts_round_trip_through_json():
     again = TraceCounts.from_json(data)
     assert again == stats.trace
     assert again.layer_rows == stats.layer_rows
-    # Records stored before reuse depths were recorded read 0: priced as after a full pass.
-    old = {**data, "segments": [[*row[:5], row[6]] for row in data["segments"]]}
+    # Records stored before warm layers were recorded read 0, 0: priced as after a full pass.
+    old = {**data, "segments": [[*row[:5], row[-1]] for row in data["segments"]]}
     older = TraceCounts.from_json(old)
-    assert {key[5] for key in older.segments} == {0}
+    assert {key[5:] for key in older.segments} == {(0, 0)}
     assert older.layer_rows == stats.layer_rows

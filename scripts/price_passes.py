@@ -39,7 +39,6 @@ from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
 from earlyexit.model.trace import TraceCounts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MODE_KIND = {"full": "full", "layerskip": "layerskip", "early-exit": "early-exit"}
 
 
 def strategies(heads: HeadSet) -> dict:
@@ -90,7 +89,7 @@ def pass_table(passes: dict[str, list], profile: CostProfile, metric: str) -> li
     flat = CostProfile.from_json({**profile.to_json(), "depth_ratio": None})
     rows = []
     for name, items in passes.items():
-        kind = MODE_KIND[name.split(" ")[0]]
+        kind = name.split(" ")[0]  # the cost model's mode: full, layerskip, early-exit
         groups = defaultdict(list)
         for trace, seconds in items:
             groups[trace.depth, trace.previous_depth, max(s.rows for s in trace.segments)].append(
@@ -101,7 +100,7 @@ def pass_table(passes: dict[str, list], profile: CostProfile, metric: str) -> li
             one.add(group[0][0])
 
             def priced(p: CostProfile, one=one, kind=kind) -> float:
-                return sum(price(one, p, kind, metric if kind != "layerskip" else None).values())
+                return sum(price(one, p, kind, metric).values())  # layerskip's checks: no decision
 
             measured = 1e3 * statistics.median(s for _, s in group)
             rows.append(

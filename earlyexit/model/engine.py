@@ -195,12 +195,12 @@ class ExitEngine:
                     elif self.kv == "propagate":
                         self._propagate(end + 1, positions, hidden)
                     self.length += n
-                    self._last_depth = trace.depth
+                    self._last_depth = end + 1  # trace.depth: segments run from layer 0, no scan
                     return StepOutput(logits, end, trace=trace, flops_of=self.flops_of)
         final = self._unembed(hidden)
         trace.unembed_rows = len(positions)
         self.length += n
-        self._last_depth = trace.depth
+        self._last_depth = last_layer + 1
         return StepOutput(
             logits=final[-1],
             exit_layer=last_layer,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["METRICS", "Metric", "get_metric", "should_exit"]
+__all__ = ["METRICS", "Metric", "get_metric", "read_summary", "should_exit"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,19 @@ class Metric:
 
     def decide(self, logits: torch.Tensor, threshold: float) -> bool:
         """Whether one row of logits [V] exits at `threshold`: one host read, as `should_exit` rules."""
-        return self.passes(self.summary(logits).tolist(), threshold)
+        return self.passes(read_summary(self.summary(logits)), threshold)
 
     def passes(self, summary: Sequence[float], threshold: float) -> bool:
-        """The host half of `decide`, for a summary read back from the device."""
+        """The host half of `decide`, for a summary read back from the device (`read_summary`)."""
         score = self.from_summary(summary)
         return math.isfinite(score) and score >= threshold
+
+
+def read_summary(summary: torch.Tensor) -> list[float]:
+    """A summary's numbers on the host: the decision's one device-to-host read. A 0-d summary
+    (entropy's) is allowed, as reshaping it on the device would cost one more operation."""
+    values = summary.tolist()
+    return values if isinstance(values, list) else [values]
 
 
 def _log_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,13 +108,19 @@ def margin(logits: torch.Tensor) -> torch.Tensor:
 # -inf (a NaN in the entropy's dot product, the minimum for max-prob and margin).
 
 
+# Every tensor operation counts here: right after a pass through the layers, the operator
+# dispatch path is out of cache and each op costs several times its warm time. Hence the cast
+# inside log_softmax (no `.float()`), no `.detach()` (the engine runs under no_grad),
+# and no reshape of entropy's 0-d dot product.
+
+
 def _row_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits.detach().float(), dim=-1)
+    return torch.log_softmax(logits, dim=-1, dtype=torch.float32)
 
 
 def _entropy_summary(logits: torch.Tensor) -> torch.Tensor:
     logp = _row_log_probs(logits)
-    return torch.linalg.vecdot(logp.exp(), logp).reshape(1)  # sum p log p
+    return torch.dot(logp.exp(), logp)  # sum p log p, 0-d
 
 
 def _max_prob_summary(logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +129,7 @@ def _max_prob_summary(logits: torch.Tensor) -> torch.Tensor:
 
 def _margin_summary(logits: torch.Tensor) -> torch.Tensor:
     logp = _row_log_probs(logits)
-    return torch.cat((logp.topk(2).values, logp.min().reshape(1)))  # top-1, top-2, min
+    return torch.cat((logp.topk(2).values, logp.amin(0, keepdim=True)))  # top-1, top-2, min
 
 
 def _finite_or_nan(value: float, *guards: float) -> float:

@@ -185,7 +185,7 @@ class HeadSet(nn.Module):
 
         def body(h: torch.Tensor) -> torch.Tensor:
             logits = self._logits(layer, h).float()
-            return torch.cat((summary(logits), logits))
+            return torch.cat((summary(logits).reshape(-1), logits))  # a 0-d summary too
 
         out = self.graphs.run(("decision", layer, name), (hidden,), body)
         return out[-self.vocab_size :], out[: -self.vocab_size]

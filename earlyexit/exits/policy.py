@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from earlyexit.exits.confidence import get_metric
+from earlyexit.exits.confidence import get_metric, read_summary
 from earlyexit.exits.heads import HeadSet
 
 
@@ -46,4 +46,4 @@ class ThresholdPolicy:
         if threshold is None:
             return None
         logits, summary = self.heads.with_summary(layer, hidden, self.metric.summary, self.metric.name)
-        return logits if self.metric.passes(summary.tolist(), threshold) else None
+        return logits if self.metric.passes(read_summary(summary), threshold) else None

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from earlyexit.exits.confidence import METRICS, should_exit
+from earlyexit.exits.confidence import METRICS, read_summary, should_exit
 
 NAMES = sorted(METRICS)
 
@@ -42,7 +42,7 @@ def test_non_finite_logits_never_exit(name, bad, dtype):
     metric = METRICS[name]
     for x in (torch.tensor([9.0, bad, 0.0], dtype=dtype), torch.full((3,), bad, dtype=dtype)):
         assert metric.decide(x, -math.inf) is False
-        assert math.isnan(metric.from_summary(metric.summary(x).tolist()))
+        assert math.isnan(metric.from_summary(read_summary(metric.summary(x))))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -54,8 +54,20 @@ def test_logits_at_the_float32_edge_never_exit_wrongly(name):
     assert METRICS[name].decide(x, -math.inf) <= batched
 
 
-def test_summaries_are_one_small_tensor():
+def test_summaries_are_one_small_tensor_read_as_a_list():
     x = torch.randn(50)
     for metric in METRICS.values():
         summary = metric.summary(x)
         assert summary.dtype == torch.float32 and 1 <= summary.numel() <= 3
+        values = read_summary(summary)
+        assert isinstance(values, list) and len(values) == summary.numel()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decision_on_logits_that_carry_grad(name):
+    # The cast happens inside log_softmax and nothing detaches: logits from a head with
+    # trainable weights outside no_grad must still decide as the batched score does.
+    x = torch.randn(40, requires_grad=True)
+    score = float(METRICS[name](x[None])[0])
+    assert METRICS[name].decide(x, score - 1e-4) is True
+    assert METRICS[name].decide(x, score + 1e-4) is False

@@ -41,6 +41,7 @@ from earlyexit.exits.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.baselines import HFGenerate, hf_layerskip
 from earlyexit.harness.cost_model import DECIDES, predict
+from earlyexit.harness.json_text import dumps_readable
 from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
 from earlyexit.harness.profile import measure_profile
 from earlyexit.harness.timing import copy_bandwidth, device_name, environment, synchronize
@@ -281,7 +282,7 @@ def main() -> None:
         print(f"full vs HF generate: {h['ratio']:.3f}x [{h['ratio_ci_low']:.3f}-{h['ratio_ci_high']:.3f}]")
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{env['device']}-{model_name}-{env['dtype']}.json"
-    (args.out / name).write_text(json.dumps(record, indent=2) + "\n")
+    (args.out / name).write_text(dumps_readable(record) + "\n")
     print(f"stored {args.out / name}")
 
 

@@ -17,7 +17,6 @@ benchmarks/results/. Kept free of Hydra, pandas and lm-eval so it runs on a bare
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ from earlyexit.decoding.base import engine_for
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.cost_model import price
+from earlyexit.harness.json_text import dumps_readable
 from earlyexit.harness.measure import prompt_set
 from earlyexit.harness.profile import CostProfile, measure_profile
 from earlyexit.harness.timing import device_name, environment, synchronize
@@ -160,7 +160,7 @@ def main() -> None:
     path = args.out / f"passes-{env['device']}-{adapter.model_id.replace('/', '_')}-{env['dtype']}.json"
     record = {"environment": env, "settings": {k: str(v) for k, v in vars(args).items()}, "passes": table}
     record["profile"] = profile.to_json()
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path.write_text(dumps_readable(record) + "\n")
     print(f"stored {path}")
 
 

@@ -48,6 +48,7 @@ from earlyexit.exits.confidence import METRICS
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.artifacts import artifact_key
+from earlyexit.harness.json_text import dumps_readable
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
@@ -180,7 +181,7 @@ class CostProfile:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        Path(path).write_text(dumps_readable(self.to_json()) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CostProfile:

@@ -60,8 +60,11 @@ def build(args):
     gen = torch.Generator().manual_seed(args.seed)
     if args.random_weights:
         torch.manual_seed(args.seed)
-        model = GPTNeoXForCausalLM(pythia_config(args.random_weights, attn_implementation="sdpa"))
-        model = model.to(device=device, dtype=dtype).eval()
+        # Built on the target device: initialising 1.4B parameters on the host first costs
+        # tens of seconds of a GPU lease that is minutes long.
+        with device:
+            model = GPTNeoXForCausalLM(pythia_config(args.random_weights, attn_implementation="sdpa"))
+        model = model.to(dtype=dtype).eval()
         adapter = get_adapter(model)
         heads = HeadSet(adapter, HeadSpec("shared", tuple(place_heads(adapter.num_layers, "even", n=4))))
         prompts = [torch.randint(0, 50000, (args.prompt_len,), generator=gen) for _ in range(args.prompts)]

@@ -24,6 +24,7 @@ from analysis.load import (
     unique,
 )
 from analysis.measures import (
+    MODE_ORDER,
     acceptance_ratio,
     prediction_error_by_mode,
     prediction_points,
@@ -371,6 +372,35 @@ def fig_time_breakdown(df: pd.DataFrame) -> Figure:
 PREDICTION_BAND = 0.15
 
 
+def _prediction_panel(
+    ax, part: pd.DataFrame, x: str, y: str, medians: dict[str, float], low: float, high: float
+) -> None:
+    """Predicted (``y``) against measured (``x``) on [low, high]: the y = x line, the ±15%
+    band around it, one marker set per mode with its median |error| in the legend."""
+    line = np.array([low, high])
+    lower, upper = (1 - PREDICTION_BAND) * line, (1 + PREDICTION_BAND) * line
+    band = ax.fill_between(line, lower, upper, color="0.88", label=f"±{PREDICTION_BAND:.0%}")
+    band.set_gid("band")
+    ax.plot(line, line, color="0.4", linestyle="--", linewidth=1, label="y = x", gid="identity")
+    for mode, median in medians.items():
+        mine = part[part["mode"] == mode]
+        name = MODE_LABELS.get(mode, str(mode))
+        ax.scatter(
+            mine[x],
+            mine[y],
+            color=mode_color(mode),
+            marker=MODE_MARKERS.get(name, "o"),
+            s=30,
+            alpha=0.8,
+            zorder=3,
+            label=f"{name} (median |error| {median:.0%})",
+            gid=f"points:{mode}",
+        )
+    ax.set(xlim=(low, high), ylim=(low, high))
+    ax.set_aspect("equal")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
 def fig_predicted_vs_measured(df: pd.DataFrame) -> Figure:
     """(g) Predicted vs measured (mean) time per output token for every run and its full
     baseline, coloured by mode, on the y = x line and a ±15% band; the legend gives each mode's
@@ -383,43 +413,59 @@ def fig_predicted_vs_measured(df: pd.DataFrame) -> Figure:
     fig, axes = panel_grid(len(panels), width=7.0, height=4.4, max_cols=2)
     for ax, (model, timing) in zip(axes, panels, strict=True):
         part = points[(points["model"] == model) & (points["timing"] == timing)]
-        top = 1.1 * float(max(part["measured_ms"].max(), part["predicted_ms"].max()))
-        line = np.array([0.0, top])
-        band = ax.fill_between(
-            line,
-            (1 - PREDICTION_BAND) * line,
-            (1 + PREDICTION_BAND) * line,
-            color="0.88",
-            label=f"±{PREDICTION_BAND:.0%}",
-        )
-        band.set_gid("band")
-        ax.plot(line, line, color="0.4", linestyle="--", linewidth=1, label="y = x", gid="identity")
         here = errors[(errors["model"] == model) & (errors["timing"] == timing)]
-        for mode in unique(here["mode"]):
-            mine = part[part["mode"] == mode]
-            median = float(here.loc[here["mode"] == mode, "median_abs_error"].iloc[0])
-            name = MODE_LABELS.get(mode, str(mode))
-            ax.scatter(
-                mine["measured_ms"],
-                mine["predicted_ms"],
-                color=mode_color(mode),
-                marker=MODE_MARKERS.get(name, "o"),
-                s=30,
-                alpha=0.8,
-                zorder=3,
-                label=f"{name} (median |error| {median:.0%})",
-                gid=f"points:{mode}",
-            )
+        medians = dict(zip(here["mode"], here["median_abs_error"].astype(float), strict=True))
+        top = 1.1 * float(max(part["measured_ms"].max(), part["predicted_ms"].max()))
+        _prediction_panel(ax, part, "measured_ms", "predicted_ms", medians, 0.0, top)
         regime = "" if timing == "eager" else f" · {timing}"
         ax.set(
             title=f"Predicted vs measured: {model_title(model)}{regime}",
             xlabel="measured time per output token (mean, ms)",
             ylabel="predicted by the cost model (ms)",
-            xlim=(0, top),
-            ylim=(0, top),
         )
-        ax.set_aspect("equal")
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def fig_speedup_predicted_vs_measured(df: pd.DataFrame) -> Figure:
+    """(h) Predicted vs measured speedup over ``full`` (from mean times) for every non-full run,
+    on the y = x line and a ±15% band; the legend gives each mode's median |speedup error|.
+    Why beside (g): each run's mode and baseline are timed interleaved, so a machine that drifted
+    since the profile was measured moves both alike and cancels here: what is off this line is
+    what the cost model gets wrong, what is off (g)'s but on this one is the machine."""
+    runs = _predicted(df)
+    runs = runs[runs["mode"] != "full"]
+    points = pd.DataFrame(
+        {
+            "model": runs["model"],
+            "timing": runs["timing"],
+            "mode": runs["mode"],
+            "measured": pd.to_numeric(runs["full_tpot_ms_mean"], errors="coerce")
+            / pd.to_numeric(runs["tpot_ms_mean"], errors="coerce"),
+            "predicted": pd.to_numeric(runs["predicted_speedup"], errors="coerce"),
+        }
+    )
+    points = points[np.isfinite(points[["measured", "predicted"]].to_numpy(dtype=float)).all(axis=1)]
+    if points.empty:
+        raise NoData("no run other than full has both a predicted and a measured speedup")
+    points = points.assign(error=points["predicted"] / points["measured"] - 1)
+    panels = unique(zip(points["model"], points["timing"], strict=True))
+    fig, axes = panel_grid(len(panels), width=7.0, height=4.4, max_cols=2)
+    for ax, (model, timing) in zip(axes, panels, strict=True):
+        part = points[(points["model"] == model) & (points["timing"] == timing)]
+        abs_error = part["error"].abs()
+        modes = sorted(unique(part["mode"]), key=lambda m: MODE_ORDER.get(m, len(MODE_ORDER)))
+        medians = {m: float(abs_error[part["mode"] == m].median()) for m in modes}
+        values = part[["measured", "predicted"]].to_numpy(dtype=float)
+        low, high = 0.9 * min(float(values.min()), 1.0), 1.1 * max(float(values.max()), 1.0)
+        _prediction_panel(ax, part, "measured", "predicted", medians, low, high)
+        ax.axhline(1.0, color="0.6", linewidth=0.6, linestyle=":")
+        ax.axvline(1.0, color="0.6", linewidth=0.6, linestyle=":")
+        regime = "" if timing == "eager" else f" · {timing}"
+        ax.set(
+            title=f"Predicted vs measured speedup: {model_title(model)}{regime}",
+            xlabel="measured speedup over full (mean times, interleaved)",
+            ylabel="predicted by the cost model",
+        )
     return fig
 
 
@@ -432,6 +478,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "acceptance": fig_acceptance,
     "time_breakdown": fig_time_breakdown,
     "predicted_vs_measured": fig_predicted_vs_measured,
+    "speedup_predicted_vs_measured": fig_speedup_predicted_vs_measured,
 }
 
 

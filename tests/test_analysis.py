@@ -634,8 +634,10 @@ def test_partial_results_draw_what_they_can_and_say_why_the_rest_is_skipped(runs
     with caplog.at_level(logging.WARNING, logger="analysis.figures"):
         written, skipped = make_all(only_full, tmp_path)
     assert {"speed_accuracy_speedup", "speed_accuracy_flops", "separation_auroc"} <= set(written)
-    assert set(skipped) == {"exit_histograms", "calibration", "acceptance"}
+    # Nothing beside full: no speedup to predict either.
+    assert set(skipped) == {"exit_histograms", "calibration", "acceptance", "speedup_predicted_vs_measured"}
     assert "skipped figure acceptance: no DSSD or LayerSkip run with an acceptance rate" in caplog.text
+    assert "no run other than full has both a predicted and a measured speedup" in caplog.text
     text = write_summary(only_full, tmp_path, "x", written, skipped).read_text()
     assert "acceptance: skipped (no DSSD or LayerSkip run" in text
     assert "needs DSSD and LayerSkip runs" in text

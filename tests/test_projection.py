@@ -23,6 +23,7 @@ from analysis.figures import (
     FIGURES,
     fig_predicted_vs_measured,
     fig_speed_accuracy,
+    fig_speedup_predicted_vs_measured,
     fig_time_breakdown,
     make_all,
 )
@@ -362,6 +363,30 @@ def test_predicted_vs_measured_plots_every_run_and_baseline_with_the_line_and_ba
     assert f"early-exit (median |error| {7.72 / 7 - 1:.0%})" in labels
 
 
+def test_speedup_figure_sets_each_runs_predicted_speedup_against_its_measured_one(df):
+    (ax,) = fig_speedup_predicted_vs_measured(df).axes
+    # measured = full baseline / run (mean times); predicted = priced full / priced run.
+    np.testing.assert_allclose(_gid(ax, "points:early-exit").get_offsets(), [[9 / 7, 9 / 7.72]])
+    np.testing.assert_allclose(_gid(ax, "points:dssd").get_offsets(), [[9 / 9.6, 9 / 9.0]])
+    np.testing.assert_allclose(_gid(ax, "points:layerskip").get_offsets(), [[9.2 / 10, 9 / 7.62]])
+    assert not [c for c in ax.collections if c.get_gid() == "points:full"]  # 1 by definition
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[2:] == [
+        f"early-exit (median |error| {abs((9 / 7.72) / (9 / 7) - 1):.0%})",
+        f"DSSD (median |error| {abs((9 / 9.0) / (9 / 9.6) - 1):.0%})",
+        f"LayerSkip (median |error| {abs((9 / 7.62) / (9.2 / 10) - 1):.0%})",
+    ]
+    low, high = ax.get_xlim()
+    assert low < 9.2 / 10 and high > 9 / 7.62 and ax.get_ylim() == (low, high)
+
+
+def test_speedup_figure_needs_a_run_beside_full(store):
+    only_full = load_results(store)
+    only_full = only_full[only_full["mode"] == "full"]
+    with pytest.raises(NoData, match="other than full"):
+        fig_speedup_predicted_vs_measured(only_full)
+
+
 def test_summary_reports_the_median_prediction_error_per_mode(df, tmp_path):
     text = write_summary(df, tmp_path, "records.jsonl").read_text()
     section = text.split("## Cost model: predicted vs measured")[1].split("## Published")[0]
@@ -382,7 +407,7 @@ def test_new_figures_skip_records_from_before_the_cost_model(df, tmp_path):
         with pytest.raises(NoData, match="before the cost model|predicted"):
             draw(old)
     written, skipped = make_all(old, tmp_path)
-    assert {"time_breakdown", "predicted_vs_measured"} <= set(skipped)
+    assert {"time_breakdown", "predicted_vs_measured", "speedup_predicted_vs_measured"} <= set(skipped)
     assert "speed_accuracy_speedup" in written
     text = write_summary(old, tmp_path, "x", written, skipped).read_text()
     assert "No run has a predicted time per token (records from before the cost model)." in text
@@ -531,17 +556,18 @@ def test_cli_names_an_empty_or_missing_store_and_a_bad_profile_in_one_line(tmp_p
 # ---------------------------------------------------------------- notebook
 
 
-def test_cost_model_notebook_draws_both_figures(store, tmp_path, monkeypatch, capsys):
+def test_cost_model_notebook_draws_its_three_figures(store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EARLYEXIT_RESULTS", str(store))
     monkeypatch.setenv("EARLYEXIT_FIGURES", str(tmp_path))
     monkeypatch.setattr(sys, "path", list(sys.path))
     notebook = ROOT / "analysis" / "notebooks" / "cost_model.py"
     assert notebook.read_text().startswith("# %% [markdown]")
     runpy.run_path(str(notebook), run_name="__main__")
-    assert {p.name for p in tmp_path.glob("*.png")} == {"time_breakdown.png", "predicted_vs_measured.png"}
+    drawn = {p.name for p in tmp_path.glob("*.png")}
+    assert drawn == {"time_breakdown.png", "predicted_vs_measured.png", "speedup_predicted_vs_measured.png"}
     out = capsys.readouterr().out
-    assert "early-exit · entropy t=0.7" in out and "median_abs_error" in out
-    assert {"time_breakdown", "predicted_vs_measured"} <= set(FIGURES)
+    assert "early-exit · entropy t=0.7" in out and "median_abs_error" in out and "speedup_error" in out
+    assert {"time_breakdown", "predicted_vs_measured", "speedup_predicted_vs_measured"} <= set(FIGURES)
 
 
 def test_projection_across_dtypes_is_refused_unless_asked_for(df):

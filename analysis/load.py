@@ -90,6 +90,9 @@ KEY_COLUMNS: dict[str, str] = {
     "trace": "metric.trace",
     "full_trace": "metric.full_trace",
     "profile_key": "metric.profile_key",
+    # interleaved (timed between the run's own samples, stored whole in "profile") or cached.
+    "profile_source": "metric.profile_source",
+    "profile": "metric.profile",
     "model_shape": "metric.model_shape",
     "layers_per_token": "metric.layers_per_token",
     "exit_share": "metric.heldout_early_exit_share",

@@ -8,8 +8,9 @@ transformers' `generate` interleaved prompt by prompt, speedups against `full` w
 bootstrap 95% interval. Prints and stores (JSON, under benchmarks/results/) time per output
 token, speedups, each mode's time predicted by the cost model beside the measured one, and
 the bandwidth roofline, with machine, dtype and versions; stores the component cost profile
-(earlyexit/harness/profile.py) under benchmarks/profiles/, which `python -m analysis.project`
-uses to project stored runs onto this device. Random-weight Pythia shapes have meaningless
+(earlyexit/harness/profile.py, timed in rounds between the samples so it prices them on the
+machine they ran on) under benchmarks/profiles/, which `python -m analysis.project` uses to
+project stored runs onto this device. Random-weight Pythia shapes have meaningless
 exits, so only full and layerskip (a fixed pattern whose cost is real) are timed there, plus
 the profile. Early-exit runs once per KV strategy in `--kv` ("early-exit kv=propagate", ...).
 Every mode and the profile are measured eagerly and, on CUDA, again with
@@ -42,8 +43,8 @@ from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.baselines import HFGenerate, hf_layerskip
 from earlyexit.harness.cost_model import DECIDES, predict
 from earlyexit.harness.json_text import dumps_readable
-from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
-from earlyexit.harness.profile import measure_profile
+from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
+from earlyexit.harness.profile import ProfileRounds
 from earlyexit.harness.timing import copy_bandwidth, device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import KV_STRATEGIES
@@ -52,6 +53,7 @@ from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_confi
 from earlyexit.model.trace import TraceCounts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PROFILE_WARMUP = 3  # untimed profile rounds before the first timed one
 
 
 def build(args):
@@ -112,21 +114,25 @@ def graph_capture(choice: str, device: torch.device) -> Capture | None:
     return None
 
 
-def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture | None, metric: str):
+def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture | None, rounds: dict):
     """Every mode interleaved with `full` (and HF `generate`) under the runner's protocol.
 
     One `measure_interleaved` call per timing regime: eager modes with HF `generate`, then,
     with `capture`, the graphed modes (stored as "<mode> (graphs)"; their speedups are
     against graphed `full`, never mixed with eager). Each mode's speedup carries its paired
-    bootstrap 95% interval; `full` vs HF `generate` is reported the same way.
+    bootstrap 95% interval; `full` vs HF `generate` is reported the same way. The regime's cost
+    profile (`rounds`, from `profile_rounds`) is timed in rounds between the samples, as the
+    runner does (bench.profile=interleaved).
     """
     results, outputs = {}, {}
-    regimes = [("", [*strategies.values(), HFGenerate(adapter.model)], None)]
+    regimes = [("", [*strategies.values(), HFGenerate(adapter.model)], None, rounds["eager"])]
     if capture is not None:
-        regimes.append((" (graphs)", list(strategies.values()), capture))
-    for suffix, lineup, graphs in regimes:
+        regimes.append((" (graphs)", list(strategies.values()), capture, rounds["graphs"]))
+    samples = args.repeats * len(prompts)
+    for suffix, lineup, graphs, regime_rounds in regimes:
+        between = interleaved_rounds(regime_rounds, samples, args.profile_repeats)
         measured = measure_interleaved(
-            lineup, adapter, prompts, settings, args.repeats, args.warmup, progress=True, graphs=graphs
+            lineup, adapter, prompts, settings, args.repeats, args.warmup, True, graphs, between
         )
         by_name = {m.name: m for m in measured}
         full = by_name["full"]
@@ -143,16 +149,19 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
     return results, outputs
 
 
-def profiles(adapter, heads, prompts, args, capture: Capture | None) -> dict:
-    """The cost profile eagerly and, with `capture`, replayed as graphs; KV lengths span the run."""
+def profile_rounds(adapter, heads, prompts, args, capture: Capture | None) -> dict[str, ProfileRounds]:
+    """The cost profile's rounds, eager and, with `capture`, replayed as graphs, warmed up and
+    ready to be timed between the samples; KV lengths span the run."""
     first = len(prompts[0]) + 1
     last = len(prompts[0]) + args.max_new_tokens
     kv = sorted({first, (first + last) // 2, last})
-    name, rows, repeats = device_name(adapter.device), args.profile_rows, args.profile_repeats
-    out = {"eager": measure_profile(adapter, heads, kv, rows, None, name, repeats)}
+    name, rows = device_name(adapter.device), args.profile_rows
+    out = {"eager": ProfileRounds(adapter, heads, kv, rows, None, name)}
     if capture is not None:
         kv_graphs = sorted({kv_bucket(k, adapter.max_positions) for k in kv})
-        out["graphs"] = measure_profile(adapter, heads, kv_graphs, rows, capture, name, repeats)
+        out["graphs"] = ProfileRounds(adapter, heads, kv_graphs, rows, capture, name)
+    for rounds in out.values():
+        rounds.run(PROFILE_WARMUP, timed=False)
     return out
 
 
@@ -185,7 +194,9 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="samples = prompts x repeats, modes interleaved")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--profile-repeats", type=int, default=30, help="timed calls per profile component")
+    p.add_argument(
+        "--profile-repeats", type=int, default=30, help="profile rounds, timed between the samples"
+    )
     p.add_argument("--profile-rows", type=int, default=8, help="rows 1..R timed in the profile")
     p.add_argument(
         "--layerskip-head", type=int, default=-1, help="index into the head layers for layerskip's E"
@@ -222,7 +233,8 @@ def main() -> None:
     adapter, heads, prompts, thresholds = build(args)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
     strategies = modes(heads, thresholds, args)
-    results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture, args.metric)
+    rounds = profile_rounds(adapter, heads, prompts, args, capture)
+    results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture, rounds)
     lossless = {
         n: outputs[n] == outputs["full"]
         for n in (
@@ -233,7 +245,7 @@ def main() -> None:
         )
         if n in outputs
     }
-    profile_by_regime = profiles(adapter, heads, prompts, args, capture)
+    profile_by_regime = {regime: r.result() for regime, r in rounds.items()}
     predictions(results, profile_by_regime, args.metric)
     layerskip_hf = hf_layerskip(adapter.model, prompts[0], 8, heads.layers[args.layerskip_head])
     synchronize(adapter.device)

@@ -518,14 +518,16 @@ def test_real_runs_carry_a_speedup_interval_and_a_priced_breakdown_that_reprojec
     parts = runs[[f"time_ms.{c}" for c in COST_CATEGORIES]].sum(axis=1)
     np.testing.assert_allclose(parts, runs["predicted_tpot_ms"], rtol=1e-9)
     assert (runs["predicted_tpot_ms"] > 0).all() and np.isfinite(runs["prediction_error"]).all()
-    # Re-priced with the profile they were recorded with (cached beside the heads), the
-    # projection reproduces every stored prediction, the mode's and its full baseline's.
-    (path,) = (store.parent / "cache" / "profile").glob("*.result.json")
-    profile = CostProfile.load(path)
-    assert set(runs["profile_key"]) == {profile.key}
-    projected = project(runs, profile).table.set_index("run_id").loc[runs["run_id"]]
-    np.testing.assert_allclose(projected["projected_tpot_ms"], runs["predicted_tpot_ms"], rtol=1e-9)
-    np.testing.assert_allclose(projected["projected_full_tpot_ms"], runs["full_predicted_tpot_ms"], rtol=1e-9)
+    # Each run's profile was timed between its own samples and is stored in its record; re-priced
+    # with it, the projection reproduces the stored predictions, the mode's and its baseline's.
+    assert (runs["profile_source"] == "interleaved").all()
+    assert not (store.parent / "cache" / "profile").exists()
+    for _, run in runs.iterrows():
+        profile = CostProfile.from_json(json.loads(run["profile"]))
+        assert profile.key == run["profile_key"]
+        (projected,) = project(runs[runs["run_id"] == run["run_id"]], profile).table.to_dict("records")
+        assert projected["projected_tpot_ms"] == pytest.approx(run["predicted_tpot_ms"], rel=1e-9)
+        assert projected["projected_full_tpot_ms"] == pytest.approx(run["full_predicted_tpot_ms"], rel=1e-9)
 
 
 def test_fronts_on_real_runs_are_exactly_the_undominated_runs(runs):

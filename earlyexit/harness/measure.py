@@ -6,14 +6,16 @@ a burst of load on a shared machine land on one side; alternating the order on e
 (A B, B A, A B, ...) spreads drift over both. Each (repeat, prompt) is one paired sample, and
 the speedup is the ratio of the medians of time per output token, with a paired bootstrap 95%
 interval over the samples: an interval that contains 1.0 is reported as `within_noise`.
-Time to first token and time per output token are kept apart (DESIGN.md).
+Time to first token and time per output token are kept apart (DESIGN.md). The cost profile
+that prices a run can be measured in rounds between its samples (`interleaved_rounds`), so a
+machine that drifts moves the prediction with the measurement.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy, engine_for
 from earlyexit.decoding.base import demo_acceptance, kv_of
 from earlyexit.exits.heads import HeadSet
+from earlyexit.harness.profile import ProfileRounds
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache
@@ -116,13 +119,16 @@ def measure_interleaved(
     warmup: int = 1,
     progress: bool = False,
     graphs: Capture | None = None,
+    between: Callable[[int], object] | None = None,
 ) -> list[Measured]:
     """Every strategy on every prompt, `repeats` times, in alternating order per sample.
 
     Warm-up is untimed: each strategy decodes the first prompt `warmup` times, and with
     `graphs` (earlyexit/model/graphs.py) every prompt once, so no graph capture falls inside
     a timed call. Sample j = repeat * len(prompts) + prompt runs the strategies in order when
-    j is even and in reverse when odd (A B B A ... for two).
+    j is even and in reverse when odd (A B B A ... for two). `between(j)` runs after sample j,
+    outside every timed call: the cost profile's rounds go there (`interleaved_rounds`), so
+    they see the machine the samples saw.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -156,9 +162,24 @@ def measure_interleaved(
                 out[k].samples.append(result.stats)
                 if j < len(prompts):
                     out[k].ids.append(result.ids)
+            if between is not None:
+                between(j)
     for m, engine, cache in zip(out, engines, head_graphs, strict=True):
         m.graphs_captured = len(engine.graphs or ()) + len(cache or ())
     return out
+
+
+def interleaved_rounds(rounds: ProfileRounds, samples: int, wanted: int) -> Callable[[int], None]:
+    """A `between` hook that spreads `wanted` profile rounds evenly over `samples` samples: after
+    sample j, the rounds due by then (several per sample when `wanted` exceeds `samples`)."""
+    if samples < 1 or wanted < 1:
+        raise ValueError(f"samples and wanted rounds must be >= 1, got {samples} and {wanted}")
+
+    def after(j: int) -> None:
+        due = (j + 1) * wanted // samples - j * wanted // samples
+        rounds.run(due)
+
+    return after
 
 
 def speedup_interval(

@@ -3,7 +3,9 @@
 The cost model (``earlyexit.harness.cost_model``) prices a run's pass trace with these numbers,
 so a run's time per token is explained part by part and can be predicted on another device
 from that device's profile. Measured per device x dtype x model shape x head architecture x
-graphs on/off (``profile_identity``); stored as JSON and cached like the heads.
+graphs on/off (``profile_identity``); stored as JSON. The runner times it between its own
+timing samples (``ProfileRounds``, ``bench.profile=interleaved``) or measures it once and
+caches it like the heads (``measure_profile``, ``bench.profile=cached``).
 
 Measured in rounds that call every component once (so drift on a shared machine lands on all
 of them alike), each the median over rounds after untimed warm-up rounds:
@@ -228,7 +230,130 @@ def _interp2(rows: list[int], kvs: list[int], table: list[list[float]], r: int, 
     return _interp1(rows, at_rows, r)
 
 
-@torch.no_grad()
+class ProfileRounds:
+    """The profile's components, timed one round at a time (every component once per round).
+
+    Why rounds that a caller can run whenever it likes: on a shared machine a profile measured
+    once, minutes before or after the decoding it prices, reads the machine in another state
+    (BENCHMARKS.md: prediction errors that move together by ±20% per process). Rounds run
+    between the decoding samples they price (``measure_interleaved(between=...)``) see the same
+    machine. ``measure_profile`` runs them back to back instead: the cached profile.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        heads: HeadSet,
+        kv_lengths: list[int],
+        max_rows: int = 8,
+        graphs: Capture | None = None,
+        device_name: str = "",
+    ) -> None:
+        kv_lengths = sorted({int(k) for k in kv_lengths})
+        if not kv_lengths or kv_lengths[0] <= max_rows:
+            raise ValueError(f"kv_lengths must exceed max_rows={max_rows}, got {kv_lengths}")
+        device, L = adapter.device, adapter.num_layers
+        engine = ExitEngine(adapter, exit_layers=[], graphs=graphs)
+        if kv_lengths[-1] > engine.max_len:
+            raise ValueError(f"KV length {kv_lengths[-1]} exceeds the context of {engine.max_len}")
+        rows = list(range(1, max_rows + 1))
+        gen = torch.Generator().manual_seed(0)
+        hidden = torch.randn(max_rows, adapter.hidden_size, generator=gen)
+        hidden = hidden.to(device=device, dtype=adapter.dtype)
+
+        def whole(r: int, kv: int) -> Callable[[], object]:
+            positions = list(range(kv - r, kv))
+            return lambda: engine._run_segment(0, L - 1, hidden[:r], positions)
+
+        def split(r: int, kv: int) -> Callable[[], object]:
+            positions = list(range(kv - r, kv))
+            return lambda: [engine._run_segment(i, i, hidden[:r], positions) for i in range(L)]
+
+        # All L layers as one segment and as L one-layer segments: both stream every layer's
+        # weights, as decoding does (a lone layer timed on repeat would stay in cache).
+        calls: dict[tuple, Callable[[], object]] = {}
+        for r in rows:
+            for kv in kv_lengths:
+                calls[("whole", r, kv)] = whole(r, kv)
+                calls[("split", r, kv)] = split(r, kv)
+        # Heads and the unembedding run right after layers in decoding, their weights pushed out
+        # of cache by the layers': each is timed after an untimed pass through every layer.
+        mid = kv_lengths[len(kv_lengths) // 2]
+        flush = whole(1, mid)
+        cold: dict[tuple, Callable[[], object]] = {
+            ("unembed", r): partial(engine._unembed, hidden[:r]) for r in rows
+        }
+        layer0 = heads.layers[0]
+        cold[("head",)] = partial(heads, layer0, hidden[0])
+        cold[("project",)] = partial(engine._propagate, 0, [mid - 1], hidden[:1])
+        for name in METRICS:  # a threshold no score reaches: the common case, a head that does not fire
+            never = ThresholdPolicy(heads, name, {layer0: 1e30})
+            cold[("decision", name)] = partial(never, layer0, hidden[0])
+        for key, fn in cold.items():
+            calls[("flush", *key)] = flush
+            calls[key] = fn
+        calls[("bare step",)] = _bare_decode_step(engine, mid)
+        self.depths = depth_points(L)
+        for d in self.depths:  # an untimed pass first: the timed ones follow a pass of their own depth
+            calls[("depth first", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], 1)
+            calls[("depth", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], DEPTH_RUN)
+        self.adapter, self.heads, self.engine, self.device = adapter, heads, engine, device
+        self.rows, self.kv_lengths, self.calls = rows, kv_lengths, calls
+        self.identity = profile_identity(adapter, heads, graphs is not None, device_name)
+        # Captured once: heads replay their graphs only while a round runs.
+        self._head_graphs = GraphCache(graphs) if graphs is not None else None
+        self._seconds: dict[tuple, list[float]] = {key: [] for key in calls}
+
+    @property
+    def rounds(self) -> int:
+        """Timed rounds so far."""
+        return len(self._seconds["bare step",])
+
+    @torch.no_grad()
+    def run(self, rounds: int = 1, timed: bool = True) -> None:
+        """Call every component once per round, in a fixed order; untimed rounds warm up."""
+        previous, self.heads.graphs = self.heads.graphs, self._head_graphs
+        try:
+            with self.engine._attention():
+                for _ in range(rounds):
+                    for key, fn in self.calls.items():
+                        synchronize(self.device)
+                        start = time.perf_counter()
+                        fn()
+                        synchronize(self.device)
+                        if timed:
+                            self._seconds[key].append(time.perf_counter() - start)
+        finally:
+            self.heads.graphs = previous
+
+    def result(self) -> CostProfile:
+        """The profile from the medians of the timed rounds."""
+        if not self.rounds:
+            raise ValueError("no timed round yet: call run() first")
+        ms = {key: 1e3 * statistics.median(t) for key, t in self._seconds.items()}
+        rows, kv_lengths, depths, L = self.rows, self.kv_lengths, self.depths, self.adapter.num_layers
+
+        def segment_cost(r: int, kv: int) -> float:  # L - 1 more segments, same layers
+            return max(0.0, ms["split", r, kv] - ms["whole", r, kv]) / max(1, L - 1)
+
+        fixed = [[segment_cost(r, kv) for kv in kv_lengths] for r in rows]
+        per_layer = [[(ms["whole", r, kv] - segment_cost(r, kv)) / L for kv in kv_lengths] for r in rows]
+        mid = len(kv_lengths) // 2
+        return CostProfile(
+            self.identity,
+            rows,
+            kv_lengths,
+            fixed,
+            per_layer,
+            [ms["unembed", r] for r in rows],
+            ms["head",],
+            {name: ms["decision", name] for name in METRICS},
+            ms["bare step",],
+            ms["project",] / L,
+            _depth_ratio(depths, [ms["depth", d] / DEPTH_RUN - fixed[0][mid] for d in depths]),
+        )
+
+
 def measure_profile(
     adapter: ModelAdapter,
     heads: HeadSet,
@@ -240,80 +365,13 @@ def measure_profile(
     warmup: int = 5,
     progress: bool = True,
 ) -> CostProfile:
-    """Measure every component (see the module docstring); `kv_lengths` should span the runs'."""
-    kv_lengths = sorted({int(k) for k in kv_lengths})
-    if not kv_lengths or kv_lengths[0] <= max_rows:
-        raise ValueError(f"kv_lengths must exceed max_rows={max_rows}, got {kv_lengths}")
-    device, L = adapter.device, adapter.num_layers
-    engine = ExitEngine(adapter, exit_layers=[], graphs=graphs)
-    if kv_lengths[-1] > engine.max_len:
-        raise ValueError(f"KV length {kv_lengths[-1]} exceeds the context of {engine.max_len}")
-    rows = list(range(1, max_rows + 1))
-    gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(max_rows, adapter.hidden_size, generator=gen).to(device=device, dtype=adapter.dtype)
-
-    def whole(r: int, kv: int) -> Callable[[], object]:
-        positions = list(range(kv - r, kv))
-        return lambda: engine._run_segment(0, L - 1, hidden[:r], positions)
-
-    def split(r: int, kv: int) -> Callable[[], object]:
-        positions = list(range(kv - r, kv))
-        return lambda: [engine._run_segment(i, i, hidden[:r], positions) for i in range(L)]
-
-    # All L layers as one segment and as L one-layer segments: both stream every layer's
-    # weights, as decoding does (a lone layer timed on repeat would stay in cache).
-    calls: dict[tuple, Callable[[], object]] = {}
-    for r in rows:
-        for kv in kv_lengths:
-            calls[("whole", r, kv)] = whole(r, kv)
-            calls[("split", r, kv)] = split(r, kv)
-    # Heads and the unembedding run right after layers in decoding, their weights pushed out
-    # of cache by the layers': each is timed after an untimed pass through every layer.
-    mid = kv_lengths[len(kv_lengths) // 2]
-    flush = whole(1, mid)
-    cold: dict[tuple, Callable[[], object]] = {
-        ("unembed", r): partial(engine._unembed, hidden[:r]) for r in rows
-    }
-    layer0 = heads.layers[0]
-    cold[("head",)] = partial(heads, layer0, hidden[0])
-    cold[("project",)] = partial(engine._propagate, 0, [mid - 1], hidden[:1])
-    for name in METRICS:  # a threshold no score reaches: the common case, a head that does not fire
-        cold[("decision", name)] = partial(ThresholdPolicy(heads, name, {layer0: 1e30}), layer0, hidden[0])
-    for key, fn in cold.items():
-        calls[("flush", *key)] = flush
-        calls[key] = fn
-    calls[("bare step",)] = _bare_decode_step(engine, mid)
-    depths = depth_points(L)
-    for d in depths:  # an untimed pass first: the timed ones follow a pass of their own depth
-        calls[("depth first", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], 1)
-        calls[("depth", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], DEPTH_RUN)
-    previous, heads.graphs = heads.graphs, (GraphCache(graphs) if graphs is not None else None)
-    try:
-        with engine._attention():
-            ms = _interleaved_ms(calls, device, warmup, repeats, progress)
-    finally:
-        heads.graphs = previous
-
-    def segment_cost(r: int, kv: int) -> float:  # L - 1 more segments, same layers
-        return max(0.0, ms["split", r, kv] - ms["whole", r, kv]) / max(1, L - 1)
-
-    fixed = [[segment_cost(r, kv) for kv in kv_lengths] for r in rows]
-    per_layer = [[(ms["whole", r, kv] - segment_cost(r, kv)) / L for kv in kv_lengths] for r in rows]
-    identity = profile_identity(adapter, heads, graphs is not None, device_name)
-    profile = CostProfile(
-        identity,
-        rows,
-        kv_lengths,
-        fixed,
-        per_layer,
-        [ms["unembed", r] for r in rows],
-        ms["head",],
-        {name: ms["decision", name] for name in METRICS},
-        ms["bare step",],
-        ms["project",] / L,
-        _depth_ratio(depths, [ms["depth", d] / DEPTH_RUN - fixed[0][len(kv_lengths) // 2] for d in depths]),
-    )
-    return profile
+    """Measure every component (see the module docstring) in `repeats` rounds back to back;
+    `kv_lengths` should span the runs'."""
+    rounds = ProfileRounds(adapter, heads, kv_lengths, max_rows, graphs, device_name)
+    rounds.run(warmup, timed=False)
+    for _ in tqdm(range(repeats), desc="cost profile", disable=not progress):
+        rounds.run()
+    return rounds.result()
 
 
 def depth_points(layers: int) -> list[int]:
@@ -349,29 +407,6 @@ def _monotone(values: list[float]) -> list[float]:
             (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
             blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
     return [m for m, n in blocks for _ in range(int(n))]
-
-
-def _interleaved_ms(
-    calls: dict[tuple, Callable[[], object]], device: torch.device, warmup: int, repeats: int, progress: bool
-) -> dict[tuple, float]:
-    """Median ms of each call, timed in rounds that call every component once.
-
-    Why rounds: a profile's numbers are subtracted from each other (segment and per-pass
-    costs are differences), and on a shared machine load drifts over seconds; timing the
-    components side by side puts the drift on all of them alike.
-    """
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    times: dict[tuple, list[float]] = {key: [] for key in calls}
-    for _ in tqdm(range(repeats), desc="cost profile", disable=not progress):
-        for key, fn in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[key].append(time.perf_counter() - start)
-    return {key: 1e3 * statistics.median(t) for key, t in times.items()}
 
 
 def _bare_decode_step(engine: ExitEngine, mid: int) -> Callable[[], None]:

@@ -36,8 +36,8 @@ from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepa
 from earlyexit.harness.cost_model import CATEGORIES, predict
 from earlyexit.harness.heldout import heldout_agreement
 from earlyexit.harness.loggers import log_run
-from earlyexit.harness.measure import measure_interleaved, prompt_set, speedup_interval
-from earlyexit.harness.profile import CostProfile, measure_profile, profile_identity
+from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
+from earlyexit.harness.profile import CostProfile, ProfileRounds, measure_profile, profile_identity
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.harness.timing import device_name, environment
@@ -58,6 +58,8 @@ from earlyexit.model.trace import TraceCounts
 
 log = logging.getLogger(__name__)
 PROFILE_ROWS = 8  # the engine's graph row limit; verification passes of longer drafts extrapolate
+PROFILE_WARMUP = 3  # untimed rounds before an interleaved profile's first timed one
+PROFILE_SOURCES = ("interleaved", "cached")
 
 
 def known_num_layers(model_name: str) -> int | None:
@@ -141,6 +143,10 @@ def validate(cfg: DictConfig) -> None:
     check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5), kv_strategy(cfg))
     bench_keys = ("prompts", "prompt_len", "max_new_tokens", "repeats", "profile_repeats")
     _positive(cfg, *(f"bench.{k}" for k in bench_keys))
+    source = profile_source(cfg)
+    if source not in PROFILE_SOURCES:
+        valid = ", ".join(PROFILE_SOURCES)
+        raise ValueError(f"bench.profile={source!r} is not a profile source; valid: {valid}")
     if kv_strategy(cfg) != "fill":
         _positive(cfg, "engine.kv_heldout_tokens")
     if cfg.bench.get("cuda_graphs"):
@@ -263,7 +269,15 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
     # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure.py).
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
-    measured = measure_interleaved(lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs)
+    rounds, between = None, None
+    if profile_source(cfg) == "interleaved":  # the profile's rounds between the samples they price
+        kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
+        rounds = ProfileRounds(adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name)
+        rounds.run(PROFILE_WARMUP, timed=False)
+        between = interleaved_rounds(rounds, b.repeats * len(prompts), b.profile_repeats)
+    measured = measure_interleaved(
+        lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs, between
+    )
     full_ids, full = measured[0].ids, measured[0].summary()
     ids, mode = measured[-1].ids, measured[-1].summary()
     if cfg.mode.name == "full":  # the baseline is the run: measured once, its speedup is 1 by definition
@@ -273,7 +287,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         comparison = speedup_interval(measured[0], measured[1], seed=cfg.seed)
 
     log.info("stage 5/5: FLOPs, cost model and record")
-    profile = cost_profile(cfg, adapter, heads, graphs)
+    if rounds is not None:
+        profile = rounds.result()
+        log.info("%s", profile.describe())
+    else:
+        profile = cost_profile(cfg, adapter, heads, graphs)
     prediction = predict_run(profile, cfg.mode.name, metric, mode, full)
     metrics.update({k: v for k, v in mode.items() if k not in ("exit_histogram", "trace")})
     metrics.update(
@@ -285,6 +303,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     )
     metrics.update(comparison)
     metrics.update(prediction)
+    metrics["profile_source"] = profile_source(cfg)
+    metrics["profile_rounds"] = rounds.rounds if rounds is not None else b.profile_repeats
+    metrics["profile"] = profile.to_json()  # the record prices again on its own (a few KB)
     metrics["trace"] = mode["trace"]
     metrics["full_trace"] = full["trace"]
     metrics["flops_ratio"] = mode["flops_per_token"] / full["flops_per_token"]
@@ -342,28 +363,47 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "exit_shares": shares,
         "metrics": metrics,
         "per_head": per_head,
-        "profile": profile.describe(),
+        "profile": f"{profile.describe()}\n  {profile_origin(rounds, b.profile_repeats)}",
     }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         cal.save(out / "calibration.json")
+        profile.save(out / "profile.json")
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(format_summary(summary))
     return summary
 
 
-def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
-    """This device's component profile for the model shape and head architecture (cached).
+def profile_source(cfg: DictConfig) -> str:
+    """``bench.profile``; configs written before the key existed used the cached profile."""
+    return str(OmegaConf.select(cfg, "bench.profile", default="cached"))
 
-    KV lengths span the benchmark's (as a graphed pass attends over its KV bucket); rows go up
-    to the engine's graph row limit, beyond which the profile extrapolates.
-    """
+
+def profile_origin(rounds: ProfileRounds | None, cached_rounds: int) -> str:
+    """Where the run's profile came from, for its summary."""
+    if rounds is not None:
+        return f"timed in {rounds.rounds} rounds between this run's samples (bench.profile=interleaved)"
+    return f"cached: measured once on this device in {cached_rounds} rounds (bench.profile=cached)"
+
+
+def profile_kv_lengths(cfg: DictConfig, adapter, graphs) -> list[int]:
+    """KV lengths that span the benchmark's (a graphed pass attends over its KV bucket)."""
     b = cfg.bench
     first, last = b.prompt_len + 1, b.prompt_len + b.max_new_tokens
     kv_lengths = sorted({first, (first + last) // 2, last})
     if graphs is not None:
         kv_lengths = sorted({kv_bucket(k, adapter.max_positions) for k in kv_lengths})
+    return kv_lengths
+
+
+def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
+    """This device's component profile for the model shape and head architecture (cached).
+
+    Rows go up to the engine's graph row limit, beyond which the profile extrapolates.
+    """
+    b = cfg.bench
+    kv_lengths = profile_kv_lengths(cfg, adapter, graphs)
     name = device_name(adapter.device)
     identity = {
         **profile_identity(adapter, heads, graphs is not None, name),

@@ -10,7 +10,14 @@ from conftest import damped_model
 
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.harness.cost_model import CATEGORIES, predict, price
-from earlyexit.harness.profile import CostProfile, _depth_ratio, depth_points, measure_profile, model_shape
+from earlyexit.harness.profile import (
+    CostProfile,
+    ProfileRounds,
+    _depth_ratio,
+    depth_points,
+    measure_profile,
+    model_shape,
+)
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.trace import TraceCounts
 
@@ -175,3 +182,23 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
         CostProfile.from_json({**json.loads(path.read_text()), "identity": {"format": "other"}})
     with pytest.raises(ValueError, match="must exceed max_rows"):
         measure_profile(adapter, heads, [2], max_rows=3, progress=False)
+
+
+def test_profile_rounds_time_only_timed_rounds_and_leave_the_heads_as_they_were():
+    adapter = get_adapter(damped_model(0))
+    heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
+    rounds = ProfileRounds(adapter, heads, [12, 20], max_rows=2)
+    with pytest.raises(ValueError, match="no timed round yet"):
+        rounds.result()
+    rounds.run(2, timed=False)
+    assert rounds.rounds == 0
+    marker = object()
+    heads.graphs = marker  # whatever the caller had set comes back after every round
+    rounds.run()
+    rounds.run(2)
+    assert rounds.rounds == 3 and heads.graphs is marker
+    heads.graphs = None
+    p = rounds.result()
+    assert p.rows == [1, 2] and p.kv_lengths == [12, 20] and p.head_ms > 0
+    back_to_back = measure_profile(adapter, heads, [12, 20], 2, repeats=1, warmup=0, progress=False)
+    assert p.identity == back_to_back.identity

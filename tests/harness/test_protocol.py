@@ -12,7 +12,7 @@ from conftest import damped_model, prompts
 from earlyexit.decoding import DecodeSettings, DecodeStats, DSSDDecoding, FullDecoding
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.measure import Measured, measure_interleaved, speedup_interval
+from earlyexit.harness.measure import Measured, interleaved_rounds, measure_interleaved, speedup_interval
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
 
@@ -40,6 +40,45 @@ def test_modes_alternate_order_on_every_sample_after_an_untimed_warmup():
     assert "".join(log[2:]) == "ABBAABBAABBA"  # 6 samples: A B, B A, A B, ...
     assert [len(m.samples) for m in out] == [6, 6]
     assert [len(m.ids) for m in out] == [3, 3]
+
+
+def test_between_runs_after_each_sample_outside_the_decodes():
+    adapter = get_adapter(damped_model(0))
+    log: list[str] = []
+    lineup = [Recorder("A", log), Recorder("B", log)]
+    out = measure_interleaved(
+        lineup, adapter, prompts(2, 0), DecodeSettings(max_new_tokens=3), repeats=2, warmup=1,
+        between=lambda j: log.append(str(j)),
+    )
+    assert "".join(log) == "AB" + "AB0" + "BA1" + "AB2" + "BA3"  # after the warm-up, after each sample
+    assert [len(m.samples) for m in out] == [4, 4]
+
+
+class CountingRounds:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def run(self, rounds: int = 1) -> None:
+        self.calls.append(rounds)
+
+
+@pytest.mark.parametrize(("samples", "wanted"), [(24, 15), (24, 24), (2, 2), (4, 10), (7, 3), (1, 5)])
+def test_profile_rounds_are_spread_evenly_over_the_samples(samples, wanted):
+    rounds = CountingRounds()
+    after = interleaved_rounds(rounds, samples, wanted)
+    for j in range(samples):
+        after(j)
+    assert sum(rounds.calls) == wanted and len(rounds.calls) == samples
+    assert max(rounds.calls) - min(rounds.calls) <= 1  # never two rounds where another sample got none
+    # By the middle sample, about half the rounds ran.
+    assert abs(sum(rounds.calls[: samples // 2]) - wanted * (samples // 2) / samples) <= 1
+
+
+def test_profile_rounds_need_samples_and_rounds():
+    with pytest.raises(ValueError, match="got 0 and 3"):
+        interleaved_rounds(CountingRounds(), 0, 3)
+    with pytest.raises(ValueError, match="got 4 and 0"):
+        interleaved_rounds(CountingRounds(), 4, 0)
 
 
 def _measured(name: str, tpots_ms: list[float]) -> Measured:

@@ -18,9 +18,12 @@ from eval_data import write_suite
 from hydra import compose, initialize_config_dir
 from transformers import GPTNeoXForCausalLM
 
+from earlyexit.harness.cost_model import predict
+from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import ResultStore
 from earlyexit.harness.runner import head_layers, validate
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, pythia_config
+from earlyexit.model.trace import TraceCounts
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -30,6 +33,7 @@ FAST = [
     "bench.prompts=2",
     "bench.max_new_tokens=6",
     "bench.repeats=1",
+    "bench.profile_repeats=3",
     "calibration.max_tokens=1024",
     "task.limit=10",
 ]
@@ -92,6 +96,10 @@ def test_pythia_configs_build_the_right_architecture(size):
         ),
         (["task.names=[no_such_task]"], "no_such_task"),
         (["bench.prompts=0"], "bench.prompts=0 must be an integer >= 1"),
+        (
+            ["bench.profile=sometimes"],
+            "bench.profile='sometimes' is not a profile source; valid: interleaved, cached",
+        ),
         (
             ["bench.cuda_graphs=true"],
             "bench.cuda_graphs=true with device=cpu: CUDA graphs need a CUDA device, got 'cpu'",
@@ -203,6 +211,14 @@ def check_summary(run_dir: Path, stdout: str) -> None:
     assert f"speedup {m['speedup']:.3f}x " in stdout and f"FLOPs ratio {m['flops_ratio']:.3f} " in stdout
     shares_table = stdout.split("share of held-out tokens leaving at each head")[1]
     assert f"{at_target['final']:.3f}" in shares_table.split("mode dssd")[0]
+    # The cost profile was timed between this run's samples (3 rounds over its 2 samples), is
+    # stored whole, and prices the run's trace to exactly the recorded prediction.
+    assert m["profile_source"] == "interleaved" and m["profile_rounds"] == 3
+    profile = CostProfile.load(run_dir / "profile.json")
+    assert profile.to_json() == m["profile"] and profile.key == m["profile_key"]
+    priced = predict(TraceCounts.from_json(m["trace"]), m["decode_tokens"], profile, "dssd", "entropy")
+    assert priced["tpot_ms"] == pytest.approx(m["predicted_tpot_ms"], rel=1e-12)
+    assert "timed in 3 rounds between this run's samples (bench.profile=interleaved)" in stdout
 
 
 def test_default_run_records_once_and_reuses_cached_artifacts(tmp_path):
@@ -214,18 +230,24 @@ def test_default_run_records_once_and_reuses_cached_artifacts(tmp_path):
     assert row["metric.outputs_equal_full"] and 0 <= row["metric.acceptance_rate"] <= 1
     assert row["metric.heldout_early_exit_share"] > 0 and row["metric.flops_per_token"] > 0
     assert not (tmp_path / "cache" / "heads").exists(), "the shipped heads must be reused"
+    assert not (tmp_path / "cache" / "profile").exists(), "an interleaved profile is the run's own"
     assert (tmp_path / "run" / "calibration.json").exists() and list((tmp_path / "run").glob("*.log"))
     check_summary(tmp_path / "run", first.stdout)
     # The same config again is skipped; force=true recomputes it; a new mode reuses the calibration.
     run_app(tmp_path)
     assert len(ResultStore(tmp_path / "records.jsonl").load()) == 1
     run_app(tmp_path, "force=true")
-    again = run_app(tmp_path, "mode=early-exit")
+    again = run_app(tmp_path, "mode=early-exit", "bench.profile=cached")
     assert "calibration: cached" in again.stderr + again.stdout
     records = ResultStore(tmp_path / "records.jsonl").load()
     assert list(records["config.mode.name"]) == ["dssd", "dssd", "early-exit"]
     early = records.iloc[-1]
     assert not pd.isna(early["metric.acc_delta.stdlib_lambada.acc"])
+    # bench.profile=cached: measured once under the cache and reused, the record keeps a copy.
+    (cached,) = (tmp_path / "cache" / "profile").glob("*.result.json")
+    assert early["metric.profile_source"] == "cached" and early["metric.profile_rounds"] == 3
+    assert json.loads(early["metric.profile"]) == CostProfile.load(cached).to_json()
+    assert "cached: measured once on this device in 3 rounds" in again.stdout
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):

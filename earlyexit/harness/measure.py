@@ -128,7 +128,8 @@ def measure_interleaved(
     a timed call. Sample j = repeat * len(prompts) + prompt runs the strategies in order when
     j is even and in reverse when odd (A B B A ... for two). `between(j)` runs after sample j,
     outside every timed call: the cost profile's rounds go there (`interleaved_rounds`), so
-    they see the machine the samples saw.
+    they see the machine the samples saw; when it returns True, every strategy decodes the next
+    prompt once, untimed, before sample j + 1.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -162,22 +163,38 @@ def measure_interleaved(
                 out[k].samples.append(result.stats)
                 if j < len(prompts):
                     out[k].ids.append(result.ids)
-            if between is not None:
-                between(j)
+            if between is not None and between(j) and j + 1 < repeats * len(prompts):
+                # Whatever ran in between (profile rounds) left caches and allocator cold: one
+                # untimed decode per strategy before the next timed sample.
+                for strategy, engine in zip(strategies, engines, strict=True):
+                    strategy.generate(engine, prompts[(j + 1) % len(prompts)], settings)
     for m, engine, cache in zip(out, engines, head_graphs, strict=True):
         m.graphs_captured = len(engine.graphs or ()) + len(cache or ())
     return out
 
 
-def interleaved_rounds(rounds: ProfileRounds, samples: int, wanted: int) -> Callable[[int], None]:
-    """A `between` hook that spreads `wanted` profile rounds evenly over `samples` samples: after
-    sample j, the rounds due by then (several per sample when `wanted` exceeds `samples`)."""
-    if samples < 1 or wanted < 1:
-        raise ValueError(f"samples and wanted rounds must be >= 1, got {samples} and {wanted}")
+def interleaved_rounds(
+    rounds: ProfileRounds, samples: int, wanted: int, blocks: int = 1
+) -> Callable[[int], bool]:
+    """A `between` hook that times `wanted` profile rounds in `blocks` blocks spread evenly over
+    `samples` samples, the last after the last sample; True after a block (the caller re-warms).
 
-    def after(j: int) -> None:
-        due = (j + 1) * wanted // samples - j * wanted // samples
-        rounds.run(due)
+    Why blocks and not a round after every sample: a decode right after a round runs 6–20%
+    slower on a 2-core CPU (its caches and allocator left cold), so rounds in every gap would
+    slow the very samples they price; a few blocks, each followed by an untimed decode, track
+    the machine's drift (minutes) without touching the samples (BENCHMARKS.md).
+    """
+    if samples < 1 or wanted < 1 or blocks < 1:
+        raise ValueError(f"samples, wanted rounds and blocks must be >= 1, got {samples}, {wanted}, {blocks}")
+    blocks = min(blocks, samples)
+    ends = [(i + 1) * samples // blocks - 1 for i in range(blocks)]
+    due = {end: (i + 1) * wanted // blocks - i * wanted // blocks for i, end in enumerate(ends)}
+
+    def after(j: int) -> bool:
+        if due.get(j, 0) == 0:
+            return False
+        rounds.run(due[j])
+        return True
 
     return after
 

@@ -236,8 +236,9 @@ class ProfileRounds:
     Why rounds that a caller can run whenever it likes: on a shared machine a profile measured
     once, minutes before or after the decoding it prices, reads the machine in another state
     (BENCHMARKS.md: prediction errors that move together by ±20% per process). Rounds run
-    between the decoding samples they price (``measure_interleaved(between=...)``) see the same
-    machine. ``measure_profile`` runs them back to back instead: the cached profile.
+    between the decoding samples they price (``interleaved_rounds``, ``measure_interleaved``'s
+    ``between``) see the same machine. ``measure_profile`` runs them back to back instead: the
+    cached profile.
     """
 
     def __init__(

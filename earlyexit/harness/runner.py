@@ -274,7 +274,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
         rounds = ProfileRounds(adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name)
         rounds.run(PROFILE_WARMUP, timed=False)
-        between = interleaved_rounds(rounds, b.repeats * len(prompts), b.profile_repeats)
+        between = interleaved_rounds(rounds, b.repeats * len(prompts), b.profile_repeats, blocks=b.repeats)
     measured = measure_interleaved(
         lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs, between
     )

@@ -42,15 +42,21 @@ def test_modes_alternate_order_on_every_sample_after_an_untimed_warmup():
     assert [len(m.ids) for m in out] == [3, 3]
 
 
-def test_between_runs_after_each_sample_outside_the_decodes():
+def test_between_runs_after_each_sample_and_a_true_answer_rewarms_every_mode():
     adapter = get_adapter(damped_model(0))
     log: list[str] = []
     lineup = [Recorder("A", log), Recorder("B", log)]
+
+    def between(j: int) -> bool:
+        log.append(str(j))
+        return j == 1  # something ran that left the machine cold
+
     out = measure_interleaved(
         lineup, adapter, prompts(2, 0), DecodeSettings(max_new_tokens=3), repeats=2, warmup=1,
-        between=lambda j: log.append(str(j)),
+        between=between,
     )
-    assert "".join(log) == "AB" + "AB0" + "BA1" + "AB2" + "BA3"  # after the warm-up, after each sample
+    # warm-up; samples 0 and 1; after 1 an untimed A B; samples 2 and 3; no re-warm after the last.
+    assert "".join(log) == "AB" + "AB0" + "BA1" + "AB" + "AB2" + "BA3"
     assert [len(m.samples) for m in out] == [4, 4]
 
 
@@ -62,23 +68,27 @@ class CountingRounds:
         self.calls.append(rounds)
 
 
-@pytest.mark.parametrize(("samples", "wanted"), [(24, 15), (24, 24), (2, 2), (4, 10), (7, 3), (1, 5)])
-def test_profile_rounds_are_spread_evenly_over_the_samples(samples, wanted):
+@pytest.mark.parametrize(
+    ("samples", "wanted", "blocks", "after", "sizes"),
+    [
+        (24, 15, 3, [7, 15, 23], [5, 5, 5]),  # the runner's default: a block after each repeat
+        (24, 30, 3, [7, 15, 23], [10, 10, 10]),
+        (16, 7, 2, [7, 15], [3, 4]),
+        (2, 3, 1, [1], [3]),  # one repeat: every round after the last sample
+        (3, 4, 5, [0, 1, 2], [1, 1, 2]),  # more blocks than samples: one per sample
+    ],
+)
+def test_profile_rounds_come_in_blocks_the_last_after_the_last_sample(samples, wanted, blocks, after, sizes):
     rounds = CountingRounds()
-    after = interleaved_rounds(rounds, samples, wanted)
-    for j in range(samples):
-        after(j)
-    assert sum(rounds.calls) == wanted and len(rounds.calls) == samples
-    assert max(rounds.calls) - min(rounds.calls) <= 1  # never two rounds where another sample got none
-    # By the middle sample, about half the rounds ran.
-    assert abs(sum(rounds.calls[: samples // 2]) - wanted * (samples // 2) / samples) <= 1
+    hook = interleaved_rounds(rounds, samples, wanted, blocks)
+    ran = [j for j in range(samples) if hook(j)]
+    assert ran == after and rounds.calls == sizes and sum(rounds.calls) == wanted
 
 
-def test_profile_rounds_need_samples_and_rounds():
-    with pytest.raises(ValueError, match="got 0 and 3"):
-        interleaved_rounds(CountingRounds(), 0, 3)
-    with pytest.raises(ValueError, match="got 4 and 0"):
-        interleaved_rounds(CountingRounds(), 4, 0)
+def test_profile_rounds_need_samples_rounds_and_blocks():
+    for bad in ((0, 3, 1), (4, 0, 1), (4, 3, 0)):
+        with pytest.raises(ValueError, match=f"got {bad[0]}, {bad[1]}, {bad[2]}"):
+            interleaved_rounds(CountingRounds(), *bad)
 
 
 def _measured(name: str, tpots_ms: list[float]) -> Measured:

@@ -179,7 +179,7 @@ def interleaved_rounds(
     """A `between` hook that times `wanted` profile rounds in `blocks` blocks spread evenly over
     `samples` samples, the last after the last sample; True after a block (the caller re-warms).
 
-    Why blocks and not a round after every sample: a decode right after a round runs 6–20%
+    Why blocks and not a round after every sample: a decode right after a round ran 6–23%
     slower on a 2-core CPU (its caches and allocator left cold), so rounds in every gap would
     slow the very samples they price; a few blocks, each followed by an untimed decode, track
     the machine's drift (minutes) without touching the samples (BENCHMARKS.md).

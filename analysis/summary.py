@@ -206,9 +206,20 @@ def cost_model_section(df: pd.DataFrame) -> str:
         "The time error also carries the machine's drift between the profile's measurement and the "
         "run (the full baselines' own errors show it); the speedup error (predicted / measured "
         "speedup − 1, the mode and its baseline measured interleaved) cancels that drift and keeps "
-        "what the cost model itself gets wrong."
+        "what the cost model itself gets wrong. " + profile_sources(runs)
     )
     return "\n\n".join([intro, markdown_table(header, by_mode), markdown_table(run_header, per_run)])
+
+
+def profile_sources(runs: pd.DataFrame) -> str:
+    """How many runs were priced by a profile timed beside their own samples, how many by a
+    cached one (records from before ``bench.profile`` used the cache)."""
+    source = runs["profile_source"] if "profile_source" in runs else pd.Series("cached", index=runs.index)
+    beside = int((source == "interleaved").sum())
+    return (
+        f"Profiles: {beside} run(s) timed their own beside their samples (`bench.profile=interleaved`), "
+        f"{len(runs) - beside} used one measured once and cached (`bench.profile=cached`)."
+    )
 
 
 SOURCE_KIND_WORDS = {"primary": "paper's text", "abstract": "abstract only", "blog": "blog post"}

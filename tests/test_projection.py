@@ -30,7 +30,7 @@ from analysis.figures import (
 from analysis.load import COST_CATEGORIES, load_results
 from analysis.plotting import NoData
 from analysis.project import ProjectionRefused, project
-from analysis.summary import write_summary
+from analysis.summary import profile_sources, write_summary
 from earlyexit.harness.cost_model import CATEGORIES
 from earlyexit.harness.profile import FORMAT, CostProfile
 from earlyexit.harness.results import ResultStore, make_record
@@ -387,6 +387,13 @@ def test_speedup_figure_needs_a_run_beside_full(store):
         fig_speedup_predicted_vs_measured(only_full)
 
 
+def test_profile_sources_count_interleaved_runs_and_call_the_rest_cached():
+    runs = pd.DataFrame({"profile_source": ["interleaved", None, "cached", "interleaved"]})
+    text = profile_sources(runs)
+    assert "Profiles: 2 run(s) timed their own beside their samples" in text
+    assert "2 used one measured once and cached" in text
+
+
 def test_summary_reports_the_median_prediction_error_per_mode(df, tmp_path):
     text = write_summary(df, tmp_path, "records.jsonl").read_text()
     section = text.split("## Cost model: predicted vs measured")[1].split("## Published")[0]
@@ -399,6 +406,9 @@ def test_summary_reports_the_median_prediction_error_per_mode(df, tmp_path):
     assert f"| m | eager | layerskip | 1 | {abs(7.62 / 10 - 1):.1%} | 0% |" in section
     assert "| m | eager | early-exit | fill | entropy | 0.7 | — | — | 7.000 | 7.720 | +10.3% |" in section
     assert f"| 1.17 | 1.29 | {ee_speedup_error:+.1%} |" in section
+    # These records predate bench.profile: every priced run counts as cached.
+    assert "Profiles: 0 run(s) timed their own beside their samples" in section
+    assert "4 used one measured once and cached" in section
 
 
 def test_new_figures_skip_records_from_before_the_cost_model(df, tmp_path):

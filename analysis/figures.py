@@ -28,6 +28,7 @@ from analysis.measures import (
     acceptance_ratio,
     prediction_error_by_mode,
     prediction_points,
+    speedup_prediction_error,
     time_breakdown,
 )
 from analysis.pareto import MODE_LABELS, accuracy_axis, front, mark_fronts, mode_group, run_label
@@ -442,12 +443,12 @@ def fig_speedup_predicted_vs_measured(df: pd.DataFrame) -> Figure:
             "measured": pd.to_numeric(runs["full_tpot_ms_mean"], errors="coerce")
             / pd.to_numeric(runs["tpot_ms_mean"], errors="coerce"),
             "predicted": pd.to_numeric(runs["predicted_speedup"], errors="coerce"),
+            "error": speedup_prediction_error(runs),
         }
     )
     points = points[np.isfinite(points[["measured", "predicted"]].to_numpy(dtype=float)).all(axis=1)]
     if points.empty:
         raise NoData("no run other than full has both a predicted and a measured speedup")
-    points = points.assign(error=points["predicted"] / points["measured"] - 1)
     panels = unique(zip(points["model"], points["timing"], strict=True))
     fig, axes = panel_grid(len(panels), width=7.0, height=4.4, max_cols=2)
     for ax, (model, timing) in zip(axes, panels, strict=True):

@@ -44,16 +44,15 @@ from earlyexit.harness.baselines import HFGenerate, hf_layerskip
 from earlyexit.harness.cost_model import DECIDES, predict
 from earlyexit.harness.json_text import dumps_readable
 from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
-from earlyexit.harness.profile import ProfileRounds
+from earlyexit.harness.profile import WARMUP_ROUNDS, ProfileRounds, kv_span
 from earlyexit.harness.timing import copy_bandwidth, device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import KV_STRATEGIES
-from earlyexit.model.graphs import Capture, ReplayCapture, default_capture, kv_bucket
+from earlyexit.model.graphs import Capture, ReplayCapture, default_capture
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
 from earlyexit.model.trace import TraceCounts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PROFILE_WARMUP = 3  # untimed profile rounds before the first timed one
 
 
 def build(args):
@@ -152,16 +151,13 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
 def profile_rounds(adapter, heads, prompts, args, capture: Capture | None) -> dict[str, ProfileRounds]:
     """The cost profile's rounds, eager and, with `capture`, replayed as graphs, warmed up and
     ready to be timed between the samples; KV lengths span the run."""
-    first = len(prompts[0]) + 1
-    last = len(prompts[0]) + args.max_new_tokens
-    kv = sorted({first, (first + last) // 2, last})
-    name, rows = device_name(adapter.device), args.profile_rows
-    out = {"eager": ProfileRounds(adapter, heads, kv, rows, None, name)}
+    name, rows, span = device_name(adapter.device), args.profile_rows, (len(prompts[0]), args.max_new_tokens)
+    out = {"eager": ProfileRounds(adapter, heads, kv_span(*span), rows, None, name)}
     if capture is not None:
-        kv_graphs = sorted({kv_bucket(k, adapter.max_positions) for k in kv})
+        kv_graphs = kv_span(*span, bucket_to=adapter.max_positions)
         out["graphs"] = ProfileRounds(adapter, heads, kv_graphs, rows, capture, name)
     for rounds in out.values():
-        rounds.run(PROFILE_WARMUP, timed=False)
+        rounds.run(WARMUP_ROUNDS, timed=False)
     return out
 
 

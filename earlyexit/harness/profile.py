@@ -54,7 +54,7 @@ from earlyexit.harness.json_text import dumps_readable
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
-from earlyexit.model.graphs import Capture, GraphCache
+from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
 
 FORMAT = "earlyexit.profile/1"
 # 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly;
@@ -65,6 +65,8 @@ DEPTH_RUN = 8
 # Depths timed for the depth ratio: every depth up to this many layers, else this many spread
 # geometrically (with the last); the others are interpolated.
 DEPTH_POINTS = 12
+# Untimed rounds before an interleaved profile's first timed one (runner and benchmark script).
+WARMUP_ROUNDS = 3
 # What must match between a profile and the runs it prices (device and dtype may differ:
 # that is what a projection is for).
 SHAPE_KEYS = ("model_shape", "head_architecture", "head_rank")
@@ -373,6 +375,14 @@ def measure_profile(
     for _ in tqdm(range(repeats), desc="cost profile", disable=not progress):
         rounds.run()
     return rounds.result()
+
+
+def kv_span(prompt_len: int, max_new_tokens: int, bucket_to: int | None = None) -> list[int]:
+    """KV lengths spanning a benchmark's decode steps (first, middle, last); with `bucket_to`
+    (the engine's cache length), rounded up to the KV buckets a graphed pass attends over."""
+    first, last = prompt_len + 1, prompt_len + max_new_tokens
+    span = {first, (first + last) // 2, last}
+    return sorted(span if bucket_to is None else {kv_bucket(k, bucket_to) for k in span})
 
 
 def depth_points(layers: int) -> list[int]:

@@ -37,12 +37,19 @@ from earlyexit.harness.cost_model import CATEGORIES, predict
 from earlyexit.harness.heldout import heldout_agreement
 from earlyexit.harness.loggers import log_run
 from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
-from earlyexit.harness.profile import CostProfile, ProfileRounds, measure_profile, profile_identity
+from earlyexit.harness.profile import (
+    WARMUP_ROUNDS,
+    CostProfile,
+    ProfileRounds,
+    kv_span,
+    measure_profile,
+    profile_identity,
+)
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.harness.timing import device_name, environment
 from earlyexit.model.adapter import get_adapter
-from earlyexit.model.graphs import default_capture, kv_bucket
+from earlyexit.model.graphs import default_capture
 from earlyexit.model.loading import (
     EMBEDDED_MODEL_DIR,
     PYTHIA_SIZES,
@@ -58,7 +65,6 @@ from earlyexit.model.trace import TraceCounts
 
 log = logging.getLogger(__name__)
 PROFILE_ROWS = 8  # the engine's graph row limit; verification passes of longer drafts extrapolate
-PROFILE_WARMUP = 3  # untimed rounds before an interleaved profile's first timed one
 PROFILE_SOURCES = ("interleaved", "cached")
 
 
@@ -269,11 +275,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
     # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure.py).
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
-    rounds, between = None, None
-    if profile_source(cfg) == "interleaved":  # the profile's rounds between the samples they price
+    rounds, between, source = None, None, profile_source(cfg)
+    if source == "interleaved":  # the profile's rounds between the samples they price
         kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
         rounds = ProfileRounds(adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name)
-        rounds.run(PROFILE_WARMUP, timed=False)
+        rounds.run(WARMUP_ROUNDS, timed=False)
         between = interleaved_rounds(rounds, b.repeats * len(prompts), b.profile_repeats, blocks=b.repeats)
     measured = measure_interleaved(
         lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs, between
@@ -303,7 +309,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     )
     metrics.update(comparison)
     metrics.update(prediction)
-    metrics["profile_source"] = profile_source(cfg)
+    metrics["profile_source"] = source
     metrics["profile_rounds"] = rounds.rounds if rounds is not None else b.profile_repeats
     metrics["profile"] = profile.to_json()  # the record prices again on its own (a few KB)
     metrics["trace"] = mode["trace"]
@@ -363,7 +369,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "exit_shares": shares,
         "metrics": metrics,
         "per_head": per_head,
-        "profile": f"{profile.describe()}\n  {profile_origin(rounds, b.profile_repeats)}",
+        "profile": f"{profile.describe()}\n  {profile_origin(source, metrics['profile_rounds'])}",
     }
     if output_dir is not None:
         out = Path(output_dir)
@@ -380,21 +386,17 @@ def profile_source(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "bench.profile", default="cached"))
 
 
-def profile_origin(rounds: ProfileRounds | None, cached_rounds: int) -> str:
+def profile_origin(source: str, rounds: int) -> str:
     """Where the run's profile came from, for its summary."""
-    if rounds is not None:
-        return f"timed in {rounds.rounds} rounds between this run's samples (bench.profile=interleaved)"
-    return f"cached: measured once on this device in {cached_rounds} rounds (bench.profile=cached)"
+    if source == "interleaved":
+        return f"timed in {rounds} rounds between this run's samples (bench.profile=interleaved)"
+    return f"cached: measured once on this device in {rounds} rounds (bench.profile=cached)"
 
 
 def profile_kv_lengths(cfg: DictConfig, adapter, graphs) -> list[int]:
     """KV lengths that span the benchmark's (a graphed pass attends over its KV bucket)."""
-    b = cfg.bench
-    first, last = b.prompt_len + 1, b.prompt_len + b.max_new_tokens
-    kv_lengths = sorted({first, (first + last) // 2, last})
-    if graphs is not None:
-        kv_lengths = sorted({kv_bucket(k, adapter.max_positions) for k in kv_lengths})
-    return kv_lengths
+    bucket_to = adapter.max_positions if graphs is not None else None
+    return kv_span(cfg.bench.prompt_len, cfg.bench.max_new_tokens, bucket_to)
 
 
 def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:

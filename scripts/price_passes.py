@@ -6,8 +6,10 @@ Why: a run's prediction error says *that* the cost model misses, not *where*. Th
 times each decode pass of a few modes on its own (a clock and a device sync around every
 ``ExitEngine.forward``, which the timing protocol never does) and sets the median beside the
 price the cost model gives that pass, per pass shape: its depth, the depth of the pass before
-it (whose layers it finds warm, ``PassTrace.warm_layers``) and its rows. It prices each pass
-twice, with the profile's depth ratio and without it, so what cache warmth explains is visible.
+it (whose layers it finds warm, ``PassTrace.warm_layers``), how many shallow passes ran in a row
+before it (``previous_run``, at most the profile's ``DEPTH_RUN``) and its rows. It prices each
+pass twice, with the profile's depth ratio and without it, so what cache warmth explains is
+visible. The profile's rounds run between the prompts (one round after each), as the runner's do.
 Modes: ``full``; LayerSkip at two exit layers (drafts after drafts, then a verification); and
 early-exit with thresholds every score passes, under ``engine.kv=fill`` and ``skip`` (every
 token exits at the first head: runs of shallow passes). Prints a table and stores JSON under
@@ -32,7 +34,7 @@ from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.harness.cost_model import price
 from earlyexit.harness.json_text import dumps_readable
 from earlyexit.harness.measure import prompt_set
-from earlyexit.harness.profile import CostProfile, measure_profile
+from earlyexit.harness.profile import DEPTH_RUN, WARMUP_ROUNDS, CostProfile, ProfileRounds, kv_span
 from earlyexit.harness.timing import device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
@@ -54,9 +56,9 @@ def strategies(heads: HeadSet) -> dict:
     }
 
 
-def timed_passes(adapter, modes: dict, prompts, settings, repeats: int) -> dict[str, list]:
+def timed_passes(adapter, modes: dict, prompts, settings, repeats: int, between=None) -> dict[str, list]:
     """mode -> [(PassTrace, seconds)] for every decode pass (prefills left out), modes in turn
-    per prompt after one untimed generation each."""
+    per prompt after one untimed generation each; `between()` after each prompt's modes."""
     out: dict[str, list] = {name: [] for name in modes}
     engines = {}
     for name, strategy in modes.items():
@@ -80,6 +82,8 @@ def timed_passes(adapter, modes: dict, prompts, settings, repeats: int) -> dict[
         for prompt in prompts:
             for name, strategy in modes.items():
                 strategy.generate(engines[name], prompt, settings)
+            if between is not None:
+                between()
     return out
 
 
@@ -92,10 +96,11 @@ def pass_table(passes: dict[str, list], profile: CostProfile, metric: str) -> li
         kind = name.split(" ")[0]  # the cost model's mode: full, layerskip, early-exit
         groups = defaultdict(list)
         for trace, seconds in items:
-            groups[trace.depth, trace.previous_depth, max(s.rows for s in trace.segments)].append(
+            run = min(trace.previous_run, DEPTH_RUN)  # longer runs are priced alike
+            groups[trace.depth, trace.previous_depth, run, max(s.rows for s in trace.segments)].append(
                 (trace, seconds)
             )
-        for (depth, previous, rows_), group in sorted(groups.items()):
+        for (depth, previous, run, rows_), group in sorted(groups.items()):
             one = TraceCounts()
             one.add(group[0][0])
 
@@ -108,6 +113,7 @@ def pass_table(passes: dict[str, list], profile: CostProfile, metric: str) -> li
                     "mode": name,
                     "depth": depth,
                     "previous_depth": previous,
+                    "previous_run": run,
                     "rows": rows_,
                     "passes": len(group),
                     "measured_ms": measured,
@@ -128,7 +134,6 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--profile-repeats", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
@@ -142,16 +147,18 @@ def main() -> None:
     _, _, heldout = token_streams(tokenizer, args.data)
     prompts = prompt_set(heldout, args.prompts, args.prompt_len, args.seed)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
-    passes = timed_passes(adapter, strategies(heads), prompts, settings, args.repeats)
-    first, last = args.prompt_len + 1, args.prompt_len + args.max_new_tokens
-    kv = sorted({first, (first + last) // 2, last})
-    profile = measure_profile(adapter, heads, kv, 8, None, device_name(adapter.device), args.profile_repeats)
+    kv = kv_span(args.prompt_len, args.max_new_tokens)
+    rounds = ProfileRounds(adapter, heads, kv, 8, None, device_name(adapter.device))
+    rounds.run(WARMUP_ROUNDS, timed=False)
+    passes = timed_passes(adapter, strategies(heads), prompts, settings, args.repeats, rounds.run)
+    profile = rounds.result()
     table = pass_table(passes, profile, "entropy")
     print(profile.describe())
-    print(f"{'mode':28s} depth after rows passes  measured  priced (x)  no depth ratio (x)")
+    print(f"{'mode':28s} depth after  run rows passes  measured  priced (x)  no depth ratio (x)")
     for r in table:
         print(
-            f"{r['mode']:28s} {r['depth']:5d} {r['previous_depth']:5d} {r['rows']:4d} {r['passes']:6d}"
+            f"{r['mode']:28s} {r['depth']:5d} {r['previous_depth']:5d} {r['previous_run']:4d} {r['rows']:4d}"
+            f" {r['passes']:6d}"
             f"  {r['measured_ms']:7.3f}  {r['priced_ms']:6.3f} ({r['priced_ms'] / r['measured_ms']:.2f})"
             f"  {r['priced_flat_ms']:6.3f} ({r['priced_flat_ms'] / r['measured_ms']:.2f})"
         )

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from earlyexit.harness.profile import DEPTH_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,7 +84,6 @@ def test_price_passes_times_and_prices_every_pass_shape_of_each_mode(tmp_path):
         "--prompts", "2",
         "--max-new-tokens", "6",
         "--repeats", "1",
-        "--profile-repeats", "2",
         "--out", str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
@@ -93,11 +94,16 @@ def test_price_passes_times_and_prices_every_pass_shape_of_each_mode(tmp_path):
     assert sum(m.startswith("layerskip E=") for m in modes) == 2
     # full: every decode pass runs all 8 layers after a pass that did (2 prompts x 5 passes).
     (full,) = [r for r in rows if r["mode"] == "full"]
-    assert (full["depth"], full["previous_depth"], full["rows"], full["passes"]) == (8, 8, 1, 10)
+    assert (full["depth"], full["previous_depth"], full["previous_run"], full["rows"], full["passes"]) == (
+        8, 8, 0, 1, 10
+    )  # fmt: skip
     # early-exit with thresholds every score passes: every pass stops at the first head (layer 1),
-    # the first after the prefill (8 layers), the rest after a pass of 2.
+    # the first after the prefill (8 layers), the k-th after k - 1 passes of 2 in a row.
     always = [r for r in rows if r["mode"] == "early-exit always, kv=skip"]
-    assert {(r["depth"], r["previous_depth"]) for r in always} == {(2, 8), (2, 2)}
-    assert sum(r["passes"] for r in always) == 10
+    shapes = {(r["depth"], r["previous_depth"], r["previous_run"]): r["passes"] for r in always}
+    assert shapes == {(2, 8, 0): 2, **{(2, 2, k): 2 for k in range(1, 5)}}
+    # The profile prices a warm pass by its depth and by the shallow passes before it.
+    ratio = json.loads(path.read_text())["profile"]["depth_ratio"]
+    assert len(ratio) == 8 and {len(by_run) for by_run in ratio} == {DEPTH_RUN}
     assert all(r["measured_ms"] > 0 and r["priced_ms"] > 0 and r["priced_flat_ms"] > 0 for r in rows)
     assert "no depth ratio" in done.stdout

@@ -71,7 +71,7 @@ def make_profile(shape: str = SHAPE, architecture: str = "linear", device: str =
 def full_trace(tokens: int = 10) -> TraceCounts:
     """`tokens` full-depth passes: one 8-layer segment, one unembedded row each."""
     t = TraceCounts(passes=tokens)
-    t.segments[(8, 1, 0, 15, False, 0, 0)] = tokens
+    t.segments[(8, 1, 0, 15, False, 0, 0, 0)] = tokens
     t.unembed[1] = tokens
     return t
 
@@ -80,10 +80,10 @@ def early_exit_trace() -> TraceCounts:
     """10 passes: 6 exit at the head after 3 layers; 4 fail the check and go on through 5 more
     layers, 3 of them carrying 2 exited tokens each (their KV fill) and unembedding 3 rows."""
     t = TraceCounts(passes=10)
-    t.segments[(3, 1, 0, 15, True, 0, 0)] = 6
-    t.segments[(3, 1, 0, 15, False, 0, 0)] = 4
-    t.segments[(5, 1, 2, 15, False, 0, 0)] = 3
-    t.segments[(5, 1, 0, 15, False, 0, 0)] = 1
+    t.segments[(3, 1, 0, 15, True, 0, 0, 0)] = 6
+    t.segments[(3, 1, 0, 15, False, 0, 0, 0)] = 4
+    t.segments[(5, 1, 2, 15, False, 0, 0, 0)] = 3
+    t.segments[(5, 1, 0, 15, False, 0, 0, 0)] = 1
     t.checks[(2, True)] = 6
     t.checks[(2, False)] = 4
     t.unembed[3] = 3
@@ -272,8 +272,8 @@ def _bars(ax) -> dict[str, list[tuple[float, float, float]]]:
 def test_a_propagate_run_pays_its_kv_projections_and_no_fill(tmp_path):
     """6 of 10 tokens exit after 3 layers and project their K/V for the 5 layers they skipped."""
     trace = TraceCounts(passes=10)
-    trace.segments[(3, 1, 0, 15, True, 0, 0)] = 6
-    trace.segments[(8, 1, 0, 15, False, 0, 0)] = 4
+    trace.segments[(3, 1, 0, 15, True, 0, 0, 0)] = 6
+    trace.segments[(8, 1, 0, 15, False, 0, 0, 0)] = 4
     trace.checks.update({(2, True): 6, (2, False): 4})
     trace.unembed[1] = 4
     trace.projections[(5, 1)] = 6

@@ -18,9 +18,10 @@ Categories (ms per output token after the first):
 - ``unembedding``: final norm + output matmul over a full-depth pass's rows;
 - ``pass_fixed``: per engine pass, everything outside the above (embedding, bookkeeping, loop).
 A segment's time is split between its new and pending rows in proportion to their rows. Its
-layers that the pass before ran too are priced by that pass's depth (``PassTrace.warm_layers``):
-after a shallow pass their weights are still in cache (``CostProfile.depth_ratio``), which on
-a CPU makes runs of drafts, and a verification's layers below the exit, cheaper per layer.
+layers that the pass before ran too are priced by that pass's depth and by how many shallow
+passes ran in a row before it (``PassTrace.warm_layers``, ``previous_run``): over a run of
+shallow passes their weights settle in cache (``CostProfile.depth_ratio``), which on a CPU
+makes later drafts of a run, and a verification's layers below the exit, cheaper per layer.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | Non
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(DECIDES)}")
     out = dict.fromkeys(CATEGORIES, 0.0)
     pending_kind = PENDING_KIND.get(mode, "layers_verify")
-    for (layers, new, pending, kv_len, exited, reuse, warm), count in trace.segments.items():
-        total = count * profile.segment_ms(layers, new + pending, kv_len, reuse, warm)
+    for (layers, new, pending, kv_len, exited, reuse, warm, run), count in trace.segments.items():
+        total = count * profile.segment_ms(layers, new + pending, kv_len, reuse, warm, run)
         out["layers_draft" if exited else "layers_full"] += total * new / (new + pending)
         out[pending_kind] += total * pending / (new + pending)
     evaluated = trace.heads_evaluated

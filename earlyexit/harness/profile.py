@@ -19,11 +19,14 @@ of them alike), each the median over rounds after untimed warm-up rounds:
   untimed pass through every layer, as in decoding, where the layers push them out of cache;
 - one layer's K/V projection of one row (``engine.kv=propagate``): all layers' projections of
   an exited token, timed after a pass through the layers, divided by the layer count;
-- how the layers streamed since a layer last ran change its cost (``depth_ratio``): passes
-  through the first d layers, several in a row after an untimed one, per layer, against the
-  same for all L layers. A draft after a draft finds its layers' weights still in cache; a
-  pass after a full-depth pass finds them pushed out (``PassTrace.warm_layers``). Measured at
-  one row, it prices the weight traffic a warm pass saves, once per layer whatever its rows;
+- how the layers streamed since a layer last ran change its cost (``depth_ratio``): after a
+  full-depth pass, passes through the first d layers one after another, each timed alone, per
+  layer, against the same for all L layers. A pass after a full-depth pass finds the weights
+  pushed out of cache; over a run of shallow passes they settle back in, pass by pass, not at
+  once (measured: the second depth-2 pass after a full one saves ~10%, the eighth ~35%), so the
+  ratio is kept per depth and per shallow passes before (``PassTrace.warm_layers``,
+  ``previous_run``). Measured at one row, it prices the weight traffic a warm pass saves, once
+  per layer whatever its rows;
 - the fixed cost per engine pass, measured directly: one decode step through the decode loop
   (``Run.forward`` + the greedy pick) with the engine's segments and unembedding stubbed out, so
   what is timed is the embedding, the bookkeeping and the pick. (It was a full step minus its
@@ -55,12 +58,15 @@ from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache, kv_bucket
+from earlyexit.model.trace import UNKNOWN_RUN
 
 FORMAT = "earlyexit.profile/1"
 # 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly;
-# 4: + the depth ratio. A cached profile of an older version is re-measured.
-COMPONENTS = 4
-# Passes in a row in one timed call of the depth ratio (after an untimed one).
+# 4: + the depth ratio; 5: the depth ratio per shallow passes before. A cached profile of an
+# older version is re-measured.
+COMPONENTS = 5
+# Shallow passes in a row the depth ratio times after a full-depth pass; a longer run is priced
+# as this one.
 DEPTH_RUN = 8
 # Depths timed for the depth ratio: every depth up to this many layers, else this many spread
 # geometrically (with the last); the others are interpolated.
@@ -110,30 +116,45 @@ class CostProfile:
     decision_ms: dict[str, float]  # metric -> head + metric + threshold + host read
     pass_fixed_ms: float  # per engine pass, outside layers, heads and unembedding
     projection_layer_ms: float | None = None  # one layer's K/V of one row (None: profile predates it)
-    # [d - 1]: per-layer time of passes through the first d layers, run several in a row, over
-    # the same for every layer (1.0 at full depth; None: profile predates it).
-    depth_ratio: list[float] | None = None
+    # [d - 1][k - 1]: per-layer time of a pass through the first d layers after k such passes
+    # in a row (k = 1..DEPTH_RUN), over the same at full depth (1.0). None: the profile predates
+    # it; one column: it was timed as runs of passes, their mean, priced alike for every k.
+    depth_ratio: list[list[float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.depth_ratio and not isinstance(self.depth_ratio[0], list):
+            self.depth_ratio = [[float(r)] for r in self.depth_ratio]
 
     # ------------------------------------------------------------------ prices
     def segment_ms(
-        self, layers: int, rows: int, kv_len: int, reuse_depth: int = 0, warm_layers: int = 0
+        self,
+        layers: int,
+        rows: int,
+        kv_len: int,
+        reuse_depth: int = 0,
+        warm_layers: int = 0,
+        shallow_run: int = UNKNOWN_RUN,
     ) -> float:
         """A segment of `layers` layers on `rows` rows attending over `kv_len` keys, `warm_layers`
-        of which last ran in a pass of `reuse_depth` layers (``PassTrace.warm_layers``; 0: priced
-        as after a full-depth pass)."""
+        of which last ran in a pass of `reuse_depth` layers, the last of `shallow_run` such passes
+        in a row (``PassTrace.warm_layers``, ``previous_run``; 0: priced as after a full-depth
+        pass; ``UNKNOWN_RUN``: as the longest run the profile timed)."""
         fixed = _interp2(self.rows, self.kv_lengths, self.segment_fixed_ms, rows, kv_len)
         per_layer = max(0.0, _interp2(self.rows, self.kv_lengths, self.layer_ms, rows, kv_len))
         warm = min(max(0, warm_layers), layers)
-        saving = min(per_layer, self.warm_saving_ms(reuse_depth, kv_len))
+        saving = min(per_layer, self.warm_saving_ms(reuse_depth, kv_len, shallow_run))
         return max(0.0, fixed) + layers * per_layer - warm * saving
 
-    def warm_saving_ms(self, reuse_depth: int, kv_len: int) -> float:
+    def warm_saving_ms(self, reuse_depth: int, kv_len: int, shallow_run: int = UNKNOWN_RUN) -> float:
         """Per layer, what finding its weights in cache saves: once per layer whatever its rows.
         A ratio above 1 (noise: fewer layers in between cannot push more out) saves nothing."""
-        if not reuse_depth or self.depth_ratio is None or reuse_depth >= len(self.depth_ratio):
+        ratios = self.depth_ratio
+        if not reuse_depth or not shallow_run or ratios is None or reuse_depth >= len(ratios):
             return 0.0
+        by_run = ratios[reuse_depth - 1]
+        ratio = by_run[-1] if shallow_run < 0 else by_run[min(shallow_run, len(by_run)) - 1]
         one_row = max(0.0, _interp1(self.kv_lengths, self.layer_ms[0], kv_len))
-        return max(0.0, 1.0 - self.depth_ratio[reuse_depth - 1]) * one_row
+        return max(0.0, 1.0 - ratio) * one_row
 
     def unembedding_ms(self, rows: int) -> float:
         return max(0.0, _interp1(self.rows, self.unembed_ms, rows))
@@ -211,8 +232,11 @@ class CostProfile:
         if self.projection_layer_ms is not None:
             lines.append(f"  K/V projection (engine.kv=propagate) {self.projection_layer_ms:.4f} ms a layer")
         if self.depth_ratio is not None:
-            ratios = ", ".join(f"{r:.2f}" for r in self.depth_ratio)
-            lines.append(f"  per-layer time by pass depth 1..{len(self.depth_ratio)}, x full depth: {ratios}")
+            depths, runs = len(self.depth_ratio), sorted({1, len(self.depth_ratio[0])})
+            for k in runs:
+                ratios = ", ".join(f"{by_run[k - 1]:.2f}" for by_run in self.depth_ratio)
+                after = f"after {k} such pass{'es' if k > 1 else ''}" if len(runs) > 1 else "in a row"
+                lines.append(f"  per-layer time by pass depth 1..{depths} {after}, x full depth: {ratios}")
         return "\n".join(lines)
 
 
@@ -297,9 +321,10 @@ class ProfileRounds:
             calls[key] = fn
         calls[("bare step",)] = _bare_decode_step(engine, mid)
         self.depths = depth_points(L)
-        for d in self.depths:  # an untimed pass first: the timed ones follow a pass of their own depth
-            calls[("depth first", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], 1)
-            calls[("depth", d)] = partial(_passes_in_a_row, engine, d, hidden[:1], [mid - 1], DEPTH_RUN)
+        for d in self.depths:  # after a full-depth pass, DEPTH_RUN + 1 passes of depth d, each timed
+            calls[("depth reset", d)] = partial(engine._run_segment, 0, L - 1, hidden[:1], [mid - 1])
+            for k in range(DEPTH_RUN + 1):
+                calls[("depth", d, k)] = partial(engine._run_segment, 0, d - 1, hidden[:1], [mid - 1])
         self.adapter, self.heads, self.engine, self.device = adapter, heads, engine, device
         self.rows, self.kv_lengths, self.calls = rows, kv_lengths, calls
         self.identity = profile_identity(adapter, heads, graphs is not None, device_name)
@@ -353,7 +378,10 @@ class ProfileRounds:
             {name: ms["decision", name] for name in METRICS},
             ms["bare step",],
             ms["project",] / L,
-            _depth_ratio(depths, [ms["depth", d] / DEPTH_RUN - fixed[0][mid] for d in depths]),
+            _depth_ratio(
+                depths,
+                [[ms["depth", d, k] - fixed[0][mid] for k in range(1, DEPTH_RUN + 1)] for d in depths],
+            ),
         )
 
 
@@ -392,20 +420,18 @@ def depth_points(layers: int) -> list[int]:
     return sorted({int(round(d)) for d in np.geomspace(1, layers, DEPTH_POINTS)} | {layers})
 
 
-def _passes_in_a_row(
-    engine: ExitEngine, depth: int, hidden: torch.Tensor, positions: list[int], passes: int
-) -> None:
-    for _ in range(passes):
-        engine._run_segment(0, depth - 1, hidden, positions)
-
-
-def _depth_ratio(depths: list[int], ms: list[float]) -> list[float]:
-    """Per-layer time at every depth 1..L over that at L, interpolated between timed depths
-    (`ms`: one pass's layers at each timed depth), made non-decreasing: more layers between a
-    layer's two runs cannot leave more of it in cache, so a dip is noise (``_monotone``)."""
-    per_layer = _monotone([t / d for d, t in zip(depths, ms, strict=True)])
-    full = per_layer[-1]
-    return [float(np.interp(d, depths, per_layer)) / full for d in range(1, depths[-1] + 1)]
+def _depth_ratio(depths: list[int], ms: list[list[float]]) -> list[list[float]]:
+    """Per-layer time at every depth 1..L and every run length k over that at L, interpolated
+    between timed depths (`ms[i][k - 1]`: the layers of the pass at ``depths[i]`` that followed
+    k passes of that depth). Noise is pooled away (``_monotone``): more layers between a layer's
+    two runs cannot leave more of it in cache (non-decreasing in depth), more passes in a row
+    cannot leave less (non-increasing in k)."""
+    columns = []
+    for k in range(len(ms[0])):
+        per_layer = _monotone([row[k] / d for d, row in zip(depths, ms, strict=True)])
+        full = per_layer[-1]
+        columns.append([float(np.interp(d, depths, per_layer)) / full for d in range(1, depths[-1] + 1)])
+    return [_monotone(list(by_run[::-1]))[::-1] for by_run in zip(*columns, strict=True)]
 
 
 def _monotone(values: list[float]) -> list[float]:

@@ -141,6 +141,7 @@ class ExitEngine:
         self._projection_flops = 2 * adapter.hidden_size * 2 * adapter.num_kv_heads * adapter.head_dim
         self._trace = PassTrace()
         self._last_depth = num_layers  # the cost model prices a first pass as after a full one
+        self._shallow_run = 0  # passes in a row, up to the last, that stopped short of full depth
 
     def reset(self) -> None:
         """Forget the sequence (buffers are reused; stale entries are never attended)."""
@@ -180,7 +181,7 @@ class ExitEngine:
         last_layer = adapter.num_layers - 1
         positions = list(range(self.length, self.length + n))
         hidden = adapter.embed(ids.to(self._device))  # [n, d]
-        trace = self._trace = PassTrace(previous_depth=self._last_depth)
+        trace = self._trace = PassTrace(previous_depth=self._last_depth, previous_run=self._shallow_run)
         for start, end in self.segments:
             if self.pending:
                 positions, hidden = self._join_pending(start, positions, hidden)
@@ -196,11 +197,13 @@ class ExitEngine:
                         self._propagate(end + 1, positions, hidden)
                     self.length += n
                     self._last_depth = end + 1  # trace.depth: segments run from layer 0, no scan
+                    self._shallow_run += 1
                     return StepOutput(logits, end, trace=trace, flops_of=self.flops_of)
         final = self._unembed(hidden)
         trace.unembed_rows = len(positions)
         self.length += n
         self._last_depth = last_layer + 1
+        self._shallow_run = 0
         return StepOutput(
             logits=final[-1],
             exit_layer=last_layer,

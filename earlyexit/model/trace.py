@@ -64,6 +64,9 @@ class PassTrace:
     unembed_rows: int = 0  # 0 when the pass exited before full depth
     projections: list[KVProjection] = field(default_factory=list)  # kv=propagate only
     previous_depth: int = 0  # the engine's pass before this one (prefill included)
+    # Passes in a row, ending with the one before this, that stopped short of full depth: a
+    # layer's weights settle in cache over several shallow passes, not after one.
+    previous_run: int = 0
 
     @property
     def exited(self) -> bool:
@@ -85,17 +88,23 @@ class PassTrace:
         return max(0, min(segment.end + 1, self.previous_depth) - segment.start)
 
 
+# `run` of a warm segment stored before runs were recorded (see TraceCounts).
+UNKNOWN_RUN = -1
+
+
 @dataclass
 class TraceCounts:
     """A multiset of passes' work, keyed so that equal work prices equally.
 
-    ``segments`` counts ``(layers, new_rows, pending_rows, kv_len, exited, reuse, warm)``:
+    ``segments`` counts ``(layers, new_rows, pending_rows, kv_len, exited, reuse, warm, run)``:
     ``exited`` says whether the pass ended at an exit, i.e. whether its new rows were drafts (or
     early-exited tokens) rather than tokens computed at full depth; ``warm`` is how many of the
-    segment's layers the previous pass ran too (``PassTrace.warm_layers``) and ``reuse`` that
-    pass's depth (0 when ``warm`` is 0): a draft after a shallow draft, or a verification's
-    layers below the exit, find their weights still in cache (``CostProfile.depth_ratio``).
-    Traces stored before these were recorded read 0, 0: priced as after a full-depth pass.
+    segment's layers the previous pass ran too (``PassTrace.warm_layers``), ``reuse`` that
+    pass's depth and ``run`` how many shallow passes in a row came before (``previous_run``; both
+    0 when ``warm`` is 0): a draft after drafts, or a verification's layers below the exit, find
+    their weights partly in cache (``CostProfile.depth_ratio``). Traces stored before warm layers
+    were recorded read 0, 0, 0: priced as after a full-depth pass; those stored before runs were
+    recorded read ``UNKNOWN_RUN``: priced as the longest run a profile timed, as they were then.
     """
 
     passes: int = 0
@@ -109,8 +118,8 @@ class TraceCounts:
         exited = trace.exited
         for s in trace.segments:
             warm = trace.warm_layers(s)
-            reuse = trace.previous_depth if warm else 0
-            self.segments[(s.layers, s.new_rows, s.pending_rows, s.kv_len, exited, reuse, warm)] += 1
+            reuse, run = (trace.previous_depth, trace.previous_run) if warm else (0, 0)
+            self.segments[(s.layers, s.new_rows, s.pending_rows, s.kv_len, exited, reuse, warm, run)] += 1
         self.checks.update(trace.checks)
         if trace.unembed_rows:
             self.unembed[trace.unembed_rows] += 1
@@ -155,8 +164,10 @@ class TraceCounts:
         for row in data["segments"]:
             if len(row) < 8:  # stored before warm layers were recorded: priced as cold
                 row = [*row[:5], 0, 0, row[-1]]
-            *key, exited, reuse, warm, n = row
-            out.segments[(*map(int, key), bool(exited), int(reuse), int(warm))] += int(n)
+            if len(row) < 9:  # stored before runs were recorded
+                row = [*row[:7], UNKNOWN_RUN if row[6] else 0, row[-1]]
+            *key, exited, reuse, warm, run, n = row
+            out.segments[(*map(int, key), bool(exited), int(reuse), int(warm), int(run))] += int(n)
         for layer, fired, n in data["checks"]:
             out.checks[(int(layer), bool(fired))] = int(n)
         for rows, n in data["unembed"]:

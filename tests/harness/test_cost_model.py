@@ -11,6 +11,7 @@ from conftest import damped_model
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.harness.cost_model import CATEGORIES, predict, price
 from earlyexit.harness.profile import (
+    DEPTH_RUN,
     CostProfile,
     ProfileRounds,
     _depth_ratio,
@@ -19,11 +20,11 @@ from earlyexit.harness.profile import (
     model_shape,
 )
 from earlyexit.model.adapter import get_adapter
-from earlyexit.model.trace import TraceCounts
+from earlyexit.model.trace import UNKNOWN_RUN, TraceCounts
 
 
 def _profile(
-    projection_layer_ms: float | None = None, depth_ratio: list[float] | None = None, **identity
+    projection_layer_ms: float | None = None, depth_ratio: list | None = None, **identity
 ) -> CostProfile:
     # segment = fixed + layers * per_layer; per_layer grows with rows and KV length.
     return CostProfile(
@@ -67,7 +68,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
     trace = TraceCounts(
         passes=3,
         # a draft pass: 2 layers, 1 new row, exited; then a verification: 4 layers on 1 new + 2 pending
-        segments=Counter({(2, 1, 0, 10, True, 0, 0): 2, (4, 1, 2, 20, False, 0, 0): 1}),
+        segments=Counter({(2, 1, 0, 10, True, 0, 0, 0): 2, (4, 1, 2, 20, False, 0, 0, 0): 1}),
         checks=Counter({(1, True): 2, (1, False): 1}),
         unembed=Counter({3: 1}),
     )
@@ -95,7 +96,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
 def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_cannot():
     trace = TraceCounts(
         passes=2,
-        segments=Counter({(2, 1, 0, 10, True, 0, 0): 2}),
+        segments=Counter({(2, 1, 0, 10, True, 0, 0, 0): 2}),
         checks=Counter({(1, True): 2}),
         projections=Counter({(4, 1): 2}),  # two exited tokens, 4 skipped layers each
     )
@@ -113,41 +114,69 @@ def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_ca
 
 
 def test_a_shallow_pass_saves_the_weight_traffic_its_depth_ratio_says_once_per_layer():
-    # 4 layers; passes 1 or 2 deep run at 0.6 / 0.8 of a full-depth pass's per-layer time
-    # (1.0 ms at one row, KV 10); a ratio above 1 (noise) saves nothing.
-    p = _profile(depth_ratio=[0.6, 0.8, 1.1, 1.0])
-    assert p.segment_ms(2, 1, 10, reuse_depth=2, warm_layers=2) == pytest.approx(0.1 + 2 * 0.8)
-    assert p.segment_ms(1, 1, 10, reuse_depth=1, warm_layers=1) == pytest.approx(0.1 + 0.6)
+    # 4 layers; a pass 1 or 2 deep after one such pass runs at 0.6 / 0.8 of a full-depth pass's
+    # per-layer time (1.0 ms at one row, KV 10), after two or more at 0.5 / 0.7; a ratio above 1
+    # (noise) saves nothing.
+    p = _profile(depth_ratio=[[0.6, 0.5], [0.8, 0.7], [1.1, 1.1], [1.0, 1.0]])
+    assert p.segment_ms(2, 1, 10, reuse_depth=2, warm_layers=2, shallow_run=1) == pytest.approx(0.1 + 2 * 0.8)
+    assert p.segment_ms(1, 1, 10, reuse_depth=1, warm_layers=1, shallow_run=1) == pytest.approx(0.1 + 0.6)
+    # Weights settle in over a run of shallow passes; past the longest run timed, as that one.
+    for run in (2, 3, 9):
+        assert p.segment_ms(2, 1, 10, 2, 2, run) == pytest.approx(0.1 + 2 * 0.7)
     # Only the layers the previous pass ran are warm (a verification's layers below the exit).
-    assert p.segment_ms(2, 1, 10, reuse_depth=2, warm_layers=1) == pytest.approx(0.1 + 0.8 + 1.0)
+    assert p.segment_ms(2, 1, 10, 2, warm_layers=1, shallow_run=1) == pytest.approx(0.1 + 0.8 + 1.0)
     # More rows: the saving is the weights, once per layer, not a share of the rows' compute.
-    assert p.segment_ms(2, 4, 10, 2, 2) == pytest.approx(0.2 + 2 * (2.5 - 0.2))
-    assert p.segment_ms(2, 1, 20, 2, 2) == pytest.approx(0.1 + 2 * (2.0 - 0.2 * 2.0))
-    for reuse, warm in ((0, 0), (2, 0), (3, 2), (4, 2)):  # cold, no warm layer, ratio above 1, full depth
-        assert p.segment_ms(2, 1, 10, reuse, warm) == pytest.approx(0.1 + 2 * 1.0)
-    assert _profile().segment_ms(2, 1, 10, 1, 2) == pytest.approx(2.1)  # old profile: no ratio
+    assert p.segment_ms(2, 4, 10, 2, 2, 1) == pytest.approx(0.2 + 2 * (2.5 - 0.2))
+    assert p.segment_ms(2, 1, 20, 2, 2, 1) == pytest.approx(0.1 + 2 * (2.0 - 0.2 * 2.0))
+    # Cold: no warm layer, no shallow pass before (right after a full-depth one), ratio above 1,
+    # full depth.
+    for reuse, warm, run in ((0, 0, 0), (2, 0, 1), (2, 2, 0), (3, 2, 1), (4, 2, 1)):
+        assert p.segment_ms(2, 1, 10, reuse, warm, run) == pytest.approx(0.1 + 2 * 1.0)
+    # A run not recorded (old traces): priced as the longest run timed.
+    assert p.segment_ms(2, 1, 10, 2, 2, UNKNOWN_RUN) == pytest.approx(0.1 + 2 * 0.7)
+    assert _profile().segment_ms(2, 1, 10, 1, 2, 1) == pytest.approx(2.1)  # old profile: no ratio
+    # A profile from before runs were timed holds one ratio per depth: it prices every run alike.
+    old = _profile(depth_ratio=[0.6, 0.8, 1.1, 1.0])
+    assert old.depth_ratio == [[0.6], [0.8], [1.1], [1.0]]
+    for run in (1, 4, UNKNOWN_RUN):
+        assert old.segment_ms(2, 1, 10, 2, 2, run) == pytest.approx(0.1 + 2 * 0.8)
+    assert "depth 1..4 in a row, x full depth: 0.60, 0.80, 1.10, 1.00" in old.describe()
     trace = TraceCounts(
-        passes=3,
+        passes=4,
         segments=Counter(
-            {(2, 1, 0, 10, True, 2, 2): 2, (2, 1, 0, 10, False, 4, 2): 1, (2, 1, 0, 10, False, 0, 0): 1}
+            {
+                (2, 1, 0, 10, True, 2, 2, 1): 2,
+                (2, 1, 0, 10, True, 2, 2, 5): 1,
+                (2, 1, 0, 10, False, 4, 2, 0): 1,
+                (2, 1, 0, 10, False, 0, 0, 0): 1,
+            }
         ),
-        checks=Counter({(1, True): 2, (1, False): 2}),
+        checks=Counter({(1, True): 3, (1, False): 2}),
     )
     got = price(trace, p, "early-exit", "entropy")
-    assert got["layers_draft"] == pytest.approx(2 * (0.1 + 2 * 0.8))
+    assert got["layers_draft"] == pytest.approx(2 * (0.1 + 2 * 0.8) + (0.1 + 2 * 0.7))
     assert got["layers_full"] == pytest.approx(2 * (0.1 + 2 * 1.0))
-    assert "depth 1..4, x full depth: 0.60, 0.80, 1.10, 1.00" in p.describe()
+    described = p.describe()
+    assert "depth 1..4 after 1 such pass, x full depth: 0.60, 0.80, 1.10, 1.00" in described
+    assert "depth 1..4 after 2 such passes, x full depth: 0.50, 0.70, 1.10, 1.00" in described
 
 
 def test_deep_models_time_a_few_depths_and_interpolate_the_rest():
     assert depth_points(8) == list(range(1, 9))
     deep = depth_points(24)
     assert deep[0] == 1 and deep[-1] == 24 and len(deep) <= 13 and deep == sorted(set(deep))
+    def one_run(depths, ms):  # the ratio by depth of passes after one shallow pass
+        return [by_run[0] for by_run in _depth_ratio(depths, [[t] for t in ms])]
+
     # Per-layer 0.5 ms at depth 1 and 1.0 at depth 4 (2 and 3 not timed): linear between.
-    assert _depth_ratio([1, 4], [0.5, 4.0]) == pytest.approx([0.5, 2 / 3, 5 / 6, 1.0])
+    assert one_run([1, 4], [0.5, 4.0]) == pytest.approx([0.5, 2 / 3, 5 / 6, 1.0])
     # A dip is noise: per layer 0.9, 0.5, 1.2, 1.0 pools to 0.7, 0.7, 1.1, 1.1.
-    assert _depth_ratio([1, 2, 3, 4], [0.9, 1.0, 3.6, 4.0]) == pytest.approx([0.7 / 1.1, 0.7 / 1.1, 1.0, 1.0])
-    assert _depth_ratio([1, 2, 3], [0.5, 1.4, 3.0]) == pytest.approx([0.5, 0.7, 1.0])  # already monotone
+    assert one_run([1, 2, 3, 4], [0.9, 1.0, 3.6, 4.0]) == pytest.approx([0.7 / 1.1, 0.7 / 1.1, 1.0, 1.0])
+    assert one_run([1, 2, 3], [0.5, 1.4, 3.0]) == pytest.approx([0.5, 0.7, 1.0])  # already monotone
+    # By run: each run length is its own column over its own full depth; a pass after more
+    # shallow passes cannot cost more (0.9 then 1.0 at depth 1 pools to 0.95, 0.95).
+    ratio = _depth_ratio([1, 2], [[0.9, 1.0, 0.6], [2.0, 2.0, 2.0]])
+    assert ratio[0] == pytest.approx([0.95, 0.95, 0.6]) and ratio[1] == pytest.approx([1.0, 1.0, 1.0])
 
 
 def test_a_profile_refuses_runs_of_another_shape_or_head_naming_both():
@@ -170,8 +199,9 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     # Measured directly (layers and unembedding stubbed out), not left over from a difference:
     # never clamped to 0, and less than a pass through every layer.
     assert 0 < p.pass_fixed_ms < sum(p.layer_ms[0][0] for _ in range(adapter.num_layers))
-    assert len(p.depth_ratio) == adapter.num_layers and p.depth_ratio[-1] == 1.0
-    assert all(r > 0 for r in p.depth_ratio)
+    assert len(p.depth_ratio) == adapter.num_layers and p.depth_ratio[-1] == [1.0] * DEPTH_RUN
+    assert all(r > 0 for by_run in p.depth_ratio for r in by_run)
+    assert all(by_run == sorted(by_run, reverse=True) for by_run in p.depth_ratio)
     assert p.identity["model_shape"] == model_shape(adapter)
     assert p.identity["head_architecture"] == "linear"
     path = tmp_path / "profile.json"

@@ -12,7 +12,7 @@ from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
-from earlyexit.model.trace import TraceCounts
+from earlyexit.model.trace import UNKNOWN_RUN, TraceCounts
 
 
 class Recording(ExitEngine):
@@ -82,17 +82,22 @@ def test_every_pass_of_every_mode_is_traced_as_computed():
             passes = [out.trace for *_, out in engine.log]
             assert passes[0].depth == adapter.num_layers
             assert [t.previous_depth for t in passes[1:]] == [t.depth for t in passes[:-1]]
+            # ... and how many passes in a row before it stopped short of full depth.
+            shallow = [t.depth < adapter.num_layers for t in passes]
+            for i, t in enumerate(passes):
+                run = next((k for k in range(i) if not shallow[i - 1 - k]), i)
+                assert t.previous_run == run
             expected, recorded = Counter(), Counter()
             for t in passes[1:]:
                 for seg in t.segments:
                     warm = len(set(range(seg.start, seg.end + 1)) & set(range(t.previous_depth)))
-                    expected[t.previous_depth if warm else 0, warm] += 1
+                    expected[(t.previous_depth, warm, t.previous_run) if warm else (0, 0, 0)] += 1
             for key, n in stats.trace.segments.items():
                 recorded[key[5:]] += n
             assert recorded == expected
             assert any(
-                reuse < adapter.num_layers for reuse, warm in recorded if warm
-            )  # shallow after shallow
+                reuse < adapter.num_layers and run > 1 for reuse, warm, run in recorded if warm
+            )  # shallow after shallow passes
 
 
 def test_layerskip_verification_runs_only_the_layers_above_the_exit():
@@ -120,8 +125,13 @@ def test_trace_counts_round_trip_through_json():
     again = TraceCounts.from_json(data)
     assert again == stats.trace
     assert again.layer_rows == stats.layer_rows
-    # Records stored before warm layers were recorded read 0, 0: priced as after a full pass.
+    # Records stored before warm layers were recorded read 0, 0, 0: priced as after a full pass.
     old = {**data, "segments": [[*row[:5], row[-1]] for row in data["segments"]]}
     older = TraceCounts.from_json(old)
-    assert {key[5:] for key in older.segments} == {(0, 0)}
+    assert {key[5:] for key in older.segments} == {(0, 0, 0)}
     assert older.layer_rows == stats.layer_rows
+    # Those stored before shallow runs were recorded: a warm segment's run is unknown.
+    old = {**data, "segments": [[*row[:7], row[-1]] for row in data["segments"]]}
+    keys = TraceCounts.from_json(old).segments
+    assert {key[7] for key in keys if key[6]} == {UNKNOWN_RUN}
+    assert {key[7] for key in keys if not key[6]} <= {0}

@@ -9,7 +9,8 @@
 #
 # OUTDIR gets two files, rewritten after every step so a run cut short still returns what it
 # finished: gpu-checks.log (each step's output and exit status) and gpu-results.tar.gz (the new
-# JSONs under benchmarks/). Unpack here with `tar -xzf OUTDIR/gpu-results.tar.gz`, then
+# JSONs under benchmarks/); and at the end gpu-summary.md (scripts/summarise_benchmark.py on
+# the new benchmark JSONs). Unpack here with `tar -xzf OUTDIR/gpu-results.tar.gz`, then
 # summarise in BENCHMARKS.md. Environment: GPU_CHECKS_BUDGET_S (default 540), PYTHON.
 set -u
 out=${1:?usage: bash scripts/gpu_checks.sh OUTDIR}
@@ -60,5 +61,8 @@ step pythia-160m 90 $bench --profile-repeats 15 --random-weights pythia-160m --d
 step pythia-410m 100 $bench --profile-repeats 15 --random-weights pythia-410m --dtype float16
 step pythia-1.4b 120 $bench --profile-repeats 15 --random-weights pythia-1.4b --dtype float16
 step price-passes 60 "$python" scripts/price_passes.py --device cuda --repeats 2
+# The new benchmark JSONs as BENCHMARKS.md tables, ready to read when the call returns.
+new=$(find benchmarks/results -name '*.json' ! -name 'passes-*' -newer "$stamp" | sort)
+[ -n "$new" ] && "$python" scripts/summarise_benchmark.py $new >"$out/gpu-summary.md" 2>>"$log"
 rm -f "$stamp"
 echo "== done in $((SECONDS - started))s; results: $out/gpu-results.tar.gz" | tee -a "$log"

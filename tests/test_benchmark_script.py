@@ -54,6 +54,21 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
     assert profiles["eager"]["rows"] == [1, 2, 3]
     assert record["environment"]["device"] == "cpu"
     assert record["hf_layerskip"]["status"] == "unsupported"
+    # The summary script renders it for BENCHMARKS.md, each mode against full of its own regime.
+    path = tmp_path / "cpu-pythia-70m-float32.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "summarise_benchmark.py"), str(path)]
+    text = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    for name, mode in modes.items():
+        assert f"| {name} | {mode['tpot_ms']:.3f} | " in rows[name]
+    graphed = modes["layerskip (graphs)"]
+    interval = f"{graphed['speedup_ci_low']:.3f}–{graphed['speedup_ci_high']:.3f}"
+    assert f"{graphed['speedup']:.3f}× [{interval}]" in rows["layerskip (graphs)"]
+    ratio = modes["full (graphs)"]["predicted_ms"]["tpot_ms"] / graphed["predicted_ms"]["tpot_ms"]
+    assert f"layerskip (graphs) {ratio:.3f}× / " in text
+    hf = modes["full"]["vs_hf_generate"]
+    assert f"`full` vs HF `generate`: **{hf['ratio']:.3f}×" in text
+    assert f"| **total** | {modes['full']['predicted_ms']['tpot_ms']:.2f} |" in text
 
 
 def test_benchmark_script_refuses_cuda_graphs_without_a_gpu(tmp_path):
@@ -107,3 +122,19 @@ def test_price_passes_times_and_prices_every_pass_shape_of_each_mode(tmp_path):
     assert len(ratio) == 8 and {len(by_run) for by_run in ratio} == {DEPTH_RUN}
     assert all(r["measured_ms"] > 0 and r["priced_ms"] > 0 and r["priced_flat_ms"] > 0 for r in rows)
     assert "no depth ratio" in done.stdout
+
+
+def test_summarise_benchmark_names_a_file_that_is_not_a_benchmark_json(tmp_path):
+    script = str(ROOT / "scripts" / "summarise_benchmark.py")
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"identity": {}, "rows": [1]}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    for path, message in (
+        (profile, f"{profile} is not a benchmark JSON of scripts/benchmark_decoding.py"),
+        (broken, f"{broken} is not JSON"),
+        (tmp_path / "absent.json", f"cannot read {tmp_path / 'absent.json'}"),
+    ):
+        out = subprocess.run([sys.executable, script, str(path)], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert message in out.stderr

@@ -20,8 +20,9 @@ echo "stub $*"
 case "$*" in
   -c*) exit 0 ;;
   *pytest*) sleep "${STUB_SLEEP:-0}"; exit 0 ;;
+  *summarise_benchmark*) exit 0 ;;
   *random-weights*) name=$(echo "$*" | grep -o 'pythia-[0-9.]*[mb]') ;;
-  *price_passes*) name=passes ;;
+  *price_passes*) name=passes-cuda ;;
   *) name=embedded ;;
 esac
 echo '{}' > "benchmarks/results/$name.json"
@@ -62,11 +63,16 @@ def test_every_step_runs_and_only_this_calls_results_come_back(tmp_path):
         names = sorted(tar.getnames())
     expected = sorted(
         f"benchmarks/{kind}/{name}{suffix}.json"
-        for name in ("embedded", "pythia-160m", "pythia-410m", "pythia-1.4b", "passes")
+        for name in ("embedded", "pythia-160m", "pythia-410m", "pythia-1.4b", "passes-cuda")
         for kind, suffix in (("results", ""), ("profiles", "-eager"))
     )
     assert names == expected  # old.json, there before the call, stays out
-    assert sorted(p.name for p in out.iterdir()) == ["gpu-checks.log", "gpu-results.tar.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-checks.log", "gpu-results.tar.gz", "gpu-summary.md"]
+    # The summary covers this call's benchmark JSONs: not the pass table, not old.json.
+    summarised = (out / "gpu-summary.md").read_text().split()
+    assert summarised[:2] == ["stub", "scripts/summarise_benchmark.py"]
+    shapes = ("embedded", "pythia-1.4b", "pythia-160m", "pythia-410m")
+    assert summarised[2:] == [f"benchmarks/results/{name}.json" for name in shapes]
 
 
 def test_steps_the_budget_cannot_fit_are_skipped_and_said(tmp_path):
@@ -79,6 +85,7 @@ def test_steps_the_budget_cannot_fit_are_skipped_and_said(tmp_path):
     for step in STEPS[1:]:
         assert f"== {step}: skipped" in log
     assert not (out / "gpu-results.tar.gz").exists()  # nothing was written
+    assert not (out / "gpu-summary.md").exists()  # so nothing to summarise
 
 
 def test_the_script_needs_an_output_folder(tmp_path):

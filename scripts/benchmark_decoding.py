@@ -129,7 +129,9 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
         regimes.append((" (graphs)", list(strategies.values()), capture, rounds["graphs"]))
     samples = args.repeats * len(prompts)
     for suffix, lineup, graphs, regime_rounds in regimes:
-        between = interleaved_rounds(regime_rounds, samples, args.profile_repeats, blocks=args.repeats)
+        between = interleaved_rounds(
+            regime_rounds, samples, args.profile_repeats, blocks=args.repeats, progress=True
+        )
         measured = measure_interleaved(
             lineup, adapter, prompts, settings, args.repeats, args.warmup, True, graphs, between
         )

@@ -174,10 +174,12 @@ def measure_interleaved(
 
 
 def interleaved_rounds(
-    rounds: ProfileRounds, samples: int, wanted: int, blocks: int = 1
+    rounds: ProfileRounds, samples: int, wanted: int, blocks: int = 1, progress: bool = False
 ) -> Callable[[int], bool]:
     """A `between` hook that times `wanted` profile rounds in `blocks` blocks spread evenly over
     `samples` samples, the last after the last sample; True after a block (the caller re-warms).
+    With `progress`, a block shows its own bar under the benchmark's (on a large model on a CPU
+    a block takes minutes, and the benchmark's bar would seem stuck).
 
     Why blocks and not a round after every sample: a decode right after a round ran 6–23%
     slower on a 2-core CPU (its caches and allocator left cold), so rounds in every gap would
@@ -193,7 +195,8 @@ def interleaved_rounds(
     def after(j: int) -> bool:
         if due.get(j, 0) == 0:
             return False
-        rounds.run(due[j])
+        for _ in tqdm(range(due[j]), desc="cost profile", leave=False, disable=not progress):
+            rounds.run(1)
         return True
 
     return after

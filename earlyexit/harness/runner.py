@@ -280,7 +280,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
         rounds = ProfileRounds(adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name)
         rounds.run(WARMUP_ROUNDS, timed=False)
-        between = interleaved_rounds(rounds, b.repeats * len(prompts), b.profile_repeats, blocks=b.repeats)
+        samples = b.repeats * len(prompts)
+        between = interleaved_rounds(rounds, samples, b.profile_repeats, blocks=b.repeats, progress=True)
     measured = measure_interleaved(
         lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs, between
     )

@@ -81,8 +81,24 @@ class CountingRounds:
 def test_profile_rounds_come_in_blocks_the_last_after_the_last_sample(samples, wanted, blocks, after, sizes):
     rounds = CountingRounds()
     hook = interleaved_rounds(rounds, samples, wanted, blocks)
-    ran = [j for j in range(samples) if hook(j)]
-    assert ran == after and rounds.calls == sizes and sum(rounds.calls) == wanted
+    ran, block_sizes = [], []
+    for j in range(samples):
+        before = sum(rounds.calls)
+        if hook(j):
+            ran.append(j)
+            block_sizes.append(sum(rounds.calls) - before)
+        else:
+            assert sum(rounds.calls) == before  # nothing runs between the other samples
+    assert ran == after and block_sizes == sizes and sum(rounds.calls) == wanted
+
+
+def test_a_block_of_profile_rounds_shows_its_own_progress(capsys):
+    rounds = CountingRounds()
+    hook = interleaved_rounds(rounds, samples=2, wanted=3, blocks=1, progress=True)
+    assert not hook(0) and hook(1)
+    assert "cost profile" in capsys.readouterr().err and sum(rounds.calls) == 3
+    quiet = interleaved_rounds(CountingRounds(), samples=2, wanted=3, blocks=1)
+    assert quiet(1) and "cost profile" not in capsys.readouterr().err
 
 
 def test_profile_rounds_need_samples_rounds_and_blocks():

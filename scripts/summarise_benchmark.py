@@ -20,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("benchmarks/results")
 GRAPHS = " (graphs)"
 PARTS = {  # cost-model category -> row label (earlyexit.harness.cost_model.CATEGORIES)
@@ -154,7 +155,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=Path, help=f"benchmark JSONs (default: every {RESULTS}/*.json)")
     args = p.parse_args()
-    paths = args.paths or sorted(q for q in RESULTS.glob("*.json") if not q.name.startswith("passes-"))
+    stored = [q for q in sorted((ROOT / RESULTS).glob("*.json")) if not q.name.startswith("passes-")]
+    paths = args.paths or [q.relative_to(ROOT) if Path.cwd() == ROOT else q for q in stored]
     if not paths:
         raise SystemExit(f"no benchmark JSON under {RESULTS}/: run scripts/benchmark_decoding.py first")
     records = [(path, load(path)) for path in paths]

@@ -23,7 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("benchmarks/results")
 GRAPHS = " (graphs)"
-PARTS = {  # cost-model category -> row label (earlyexit.harness.cost_model.CATEGORIES)
+# Row labels of the cost model's categories. The rows themselves come from the JSON (whatever
+# categories it holds, in its order), so a category added later shows up under its own name.
+# Not imported from analysis/plotting.py: that needs matplotlib, absent on a bare GPU box.
+PARTS = {
     "layers_full": "layers of tokens at full depth",
     "layers_draft": "drafting / exited tokens' layers",
     "layers_verify": "verification layers (drafts above their exit)",
@@ -128,9 +131,11 @@ def summarise(record: dict, source: str) -> str:
         lines += ["", "Where the time goes (predicted ms per output token):", ""]
         lines.append("| part | " + " | ".join(priced) + " |")
         lines.append("|---|" + "---|" * len(priced))
-        for key, label in PARTS.items():
+        parts = dict.fromkeys(k for n in priced for k in modes[n]["predicted_ms"] if k != "tpot_ms")
+        for key in parts:
             cells = [modes[n]["predicted_ms"].get(key, 0.0) for n in priced]
             if any(cells):
+                label = PARTS.get(key, key)
                 lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" if c else "–" for c in cells) + " |")
         lines.append("| **total** | " + " | ".join(f"{_predicted(modes[n]):.2f}" for n in priced) + " |")
     return "\n".join(lines) + "\n"

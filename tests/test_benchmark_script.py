@@ -138,3 +138,21 @@ def test_summarise_benchmark_names_a_file_that_is_not_a_benchmark_json(tmp_path)
         out = subprocess.run([sys.executable, script, str(path)], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode == 1 and "Traceback" not in out.stderr
         assert message in out.stderr
+
+
+def test_summarise_benchmark_shows_a_cost_category_it_has_no_label_for(tmp_path):
+    mode = {
+        "tpot_ms": 2.0,
+        "tpot_ms_mean": 2.0,
+        "predicted_ms": {"tpot_ms": 1.5, "layers_full": 1.0, "new_part": 0.5},
+    }
+    record = {
+        "model": "m",
+        "environment": {"device": "cpu", "device_name": "", "dtype": "float32"},
+        "modes": {"full": mode},
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(record))
+    cmd = [sys.executable, str(ROOT / "scripts" / "summarise_benchmark.py"), str(path)]
+    text = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert "| layers of tokens at full depth | 1.00 |" in text and "| new_part | 0.50 |" in text

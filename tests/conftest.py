@@ -15,6 +15,7 @@ from earlyexit.exits.confidence import should_exit
 from earlyexit.exits.head_stats import collect_head_stats
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
+from earlyexit.harness.profile import CostProfile
 from earlyexit.model.adapter import get_adapter
 
 # The tests' models are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
@@ -185,4 +186,33 @@ def rule_case(request):
         adapter,
         heads,
         ThresholdPolicy(heads, metric, quantile_thresholds(adapter, heads, metric, q)),
+    )
+
+
+def hand_profile(
+    projection_layer_ms: float | None = None, depth_ratio: list | None = None, **identity
+) -> CostProfile:
+    """A small profile with round numbers, for pricing traces by hand."""
+    # segment = fixed + layers * per_layer; per_layer grows with rows and KV length.
+    return CostProfile(
+        identity={
+            "format": "earlyexit.profile/1",
+            "model_shape": "S",
+            "head_architecture": "linear",
+            "head_rank": None,
+            "device_name": "test",
+            "dtype": "float32",
+            "graphs": False,
+            **identity,
+        },
+        rows=[1, 2, 4],
+        kv_lengths=[10, 20],
+        segment_fixed_ms=[[0.1, 0.1], [0.1, 0.1], [0.2, 0.2]],
+        layer_ms=[[1.0, 2.0], [1.5, 2.5], [2.5, 3.5]],
+        unembed_ms=[0.5, 0.6, 0.8],
+        head_ms=0.3,
+        decision_ms={"entropy": 0.45, "max-prob": 0.4, "margin": 0.42},
+        pass_fixed_ms=0.05,
+        projection_layer_ms=projection_layer_ms,
+        depth_ratio=depth_ratio,
     )

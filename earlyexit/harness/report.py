@@ -50,6 +50,8 @@ def format_summary(summary: dict) -> str:
     )
     if "predicted_tpot_ms" in m:
         lines += ["", _breakdown(m)]
+    if m.get("heads_selection"):
+        lines += ["", _selection(m["heads_selection"], summary["head_layers"])]
     if summary.get("profile"):
         lines += ["", summary["profile"]]
     acc = {k: v for k, v in m.items() if k.startswith(("acc.", "acc_full.", "acc_delta."))}
@@ -74,6 +76,16 @@ def _breakdown(m: dict) -> str:
     return (
         table.to_string(float_format="%.4f")
         + f"\npredicted speedup {m.get('predicted_speedup', float('nan')):.3f}x"
+    )
+
+
+def _selection(sel: dict, layers: list[int]) -> str:
+    """calibration.heads=priced: which heads were kept and what the choice was priced at."""
+    first, best = sel["tried"][0], min(sel["tried"], key=lambda s: s["priced_tpot_ms"])
+    return (
+        f"heads kept (calibration.heads=priced): {sel['kept']} of {layers}; priced on calibration "
+        f"prompts at {best['priced_tpot_ms']:.3f} ms/token (heads {first['heads']}: "
+        f"{first['priced_tpot_ms']:.3f}, full: {sel['full_priced_tpot_ms']:.3f})"
     )
 
 

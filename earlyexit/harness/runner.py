@@ -12,14 +12,15 @@ import json
 import logging
 import math
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from earlyexit.data.streams import text_fingerprint
-from earlyexit.decoding import LOSSLESS, DecodeSettings, check_mode, make_strategy
+from earlyexit.data.streams import contiguous_windows, text_fingerprint
+from earlyexit.decoding import LOSSLESS, DecodeSettings, Strategy, check_mode, make_strategy
 from earlyexit.exits.calibrate import (
     Calibration,
     calibrate,
@@ -29,11 +30,12 @@ from earlyexit.exits.calibrate import (
 )
 from earlyexit.exits.confidence import get_metric
 from earlyexit.exits.head_stats import collect_head_stats, exit_shares
-from earlyexit.exits.heads import HeadSpec, head_cost_ratio, place_heads
+from earlyexit.exits.heads import HeadSet, HeadSpec, head_cost_ratio, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
 from earlyexit.harness.cost_model import CATEGORIES, predict
+from earlyexit.harness.head_selection import HEAD_CHOICES, SELECTING_MODES, HeadSelection, select_heads
 from earlyexit.harness.heldout import heldout_agreement
 from earlyexit.harness.loggers import log_run
 from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
@@ -48,8 +50,8 @@ from earlyexit.harness.profile import (
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.harness.timing import device_name, environment
-from earlyexit.model.adapter import get_adapter
-from earlyexit.model.graphs import default_capture
+from earlyexit.model.adapter import ModelAdapter, get_adapter
+from earlyexit.model.graphs import Capture, default_capture
 from earlyexit.model.loading import (
     EMBEDDED_MODEL_DIR,
     PYTHIA_SIZES,
@@ -155,6 +157,13 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"bench.profile={source!r} is not a profile source; valid: {valid}")
     if kv_strategy(cfg) != "fill":
         _positive(cfg, "engine.kv_heldout_tokens")
+    choice = head_choice(cfg)
+    if choice not in HEAD_CHOICES:
+        raise ValueError(
+            f"calibration.heads={choice!r} is not a head choice; valid: {', '.join(HEAD_CHOICES)}"
+        )
+    if choice == "priced":
+        _positive(cfg, "calibration.select_prompts")
     if cfg.bench.get("cuda_graphs"):
         try:
             default_capture(cfg.device)
@@ -251,6 +260,26 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     cal = Calibration.from_json(cached_json(cfg.cache_dir, "calibration", cal_identity, compute_calibration))
     held = collect_head_stats(adapter, heads, heldout, seq_len, max_tokens, desc="held-out")
     thresholds = cal.thresholds_for(target)
+    b = cfg.bench
+    settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
+    graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
+
+    def strategy_for(policy: ThresholdPolicy | None):
+        if policy is None:
+            return make_strategy("full")
+        mode = cfg.mode
+        return make_strategy(
+            mode.name, heads, policy, mode.get("exit_layer"), mode.get("draft_length", 4),
+            mode.get("max_draft", 5), kv_strategy(cfg),
+        )  # fmt: skip
+
+    selection = None
+    if head_choice(cfg) == "priced" and cfg.mode.name in SELECTING_MODES:
+        selection = choose_heads(
+            cfg, adapter, heads, thresholds, strategy_for, calib, settings, graphs, cal_identity
+        )
+        thresholds = selection.thresholds
+        log.info("%s", selection.describe())
     policy = ThresholdPolicy(heads, metric, thresholds)
     shares = [{"target": t, **exit_shares(held, metric, cal.thresholds_for(t))} for t in targets]
 
@@ -260,19 +289,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         metrics.update(accuracy(cfg, adapter, tokenizer, policy, heads_key, tasks, model_id))
 
     log.info("stage 4/5: decoding benchmark")
-    strategy = make_strategy(
-        cfg.mode.name,
-        heads,
-        policy,
-        cfg.mode.get("exit_layer"),
-        cfg.mode.get("draft_length", 4),
-        cfg.mode.get("max_draft", 5),
-        kv_strategy(cfg),
-    )
-    b = cfg.bench
+    strategy = strategy_for(policy)
     prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
-    settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
-    graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
     # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure.py).
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
     rounds, between, source = None, None, profile_source(cfg)
@@ -311,6 +329,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     metrics.update(comparison)
     metrics.update(prediction)
     metrics["profile_source"] = source
+    if cfg.mode.name in SELECTING_MODES:
+        metrics["heads_choice"] = head_choice(cfg)
+        metrics["heads_kept"] = list(policy.exit_layers)  # heads that can fire: calibrated and chosen
+    if selection is not None:
+        metrics["heads_selection"] = selection.to_json()
     metrics["profile_rounds"] = rounds.rounds if rounds is not None else b.profile_repeats
     metrics["profile"] = profile.to_json()  # the record prices again on its own (a few KB)
     metrics["trace"] = mode["trace"]
@@ -326,8 +349,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         else f"weights:{model_id['weights']}"
     )
     kv = kv_strategy(cfg)
-    if kv == "fill":  # exact: the one-forward statistics of every target already hold the run's
-        at_target = next(s for s in shares if s["target"] == target)
+    if kv == "fill":  # exact: the one-forward statistics hold the run's (its heads, at its target)
+        at_target = exit_shares(held, metric, thresholds)
     else:  # hidden states depend on earlier exits: scored token by token under the rule
         under_kv = heldout_agreement(
             adapter, policy, kv, heldout, seq_len, cfg.engine.kv_heldout_tokens, desc=f"held-out (kv={kv})"
@@ -380,6 +403,75 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(format_summary(summary))
     return summary
+
+
+def head_choice(cfg: DictConfig) -> str:
+    """``calibration.heads``; configs written before the key existed used every head."""
+    return str(OmegaConf.select(cfg, "calibration.heads", default="all"))
+
+
+def choose_heads(
+    cfg: DictConfig,
+    adapter: ModelAdapter,
+    heads: HeadSet,
+    thresholds: dict[int, float],
+    strategy_for: Callable[[ThresholdPolicy | None], Strategy],
+    calib: torch.Tensor,
+    settings: DecodeSettings,
+    graphs: Capture | None,
+    cal_identity: dict,
+) -> HeadSelection:
+    """The heads that lower this device's priced time per token (cached like the calibration).
+
+    Priced by the cached profile (the interleaved one is timed later, during the benchmark) on
+    calibration prompts beyond the calibrated tokens, so the benchmark's held-out prompts play
+    no part in the choice.
+    """
+    profile = cost_profile(cfg, adapter, heads, graphs)
+    b, n = cfg.bench, int(cfg.calibration.select_prompts)
+    prompts, fitted = selection_prompts(
+        calib, cfg.train.seq_len, cfg.calibration.max_tokens, n, b.prompt_len, cfg.seed
+    )
+    identity = {
+        **cal_identity,
+        "thresholds": {str(k): str(v) for k, v in sorted(thresholds.items())},
+        "mode": cfg.mode.name,
+        "max_draft": cfg.mode.get("max_draft", 5),
+        "kv": kv_strategy(cfg),
+        "profile": profile.key,
+        "prompts": n,
+        "prompts_after": fitted,
+        "prompt_len": b.prompt_len,
+        "max_new_tokens": b.max_new_tokens,
+        "seed": cfg.seed,
+    }
+
+    def compute() -> dict:
+        return select_heads(
+            adapter, heads, cfg.metric.name, thresholds, strategy_for, prompts, settings, profile,
+            cfg.mode.name, graphs,
+        ).to_json()  # fmt: skip
+
+    return HeadSelection.from_json(cached_json(cfg.cache_dir, "head_selection", identity, compute))
+
+
+def selection_prompts(
+    calib: torch.Tensor, seq_len: int, max_tokens: int, n: int, prompt_len: int, seed: int
+) -> tuple[list[torch.Tensor], int]:
+    """Head selection's prompts and the token they start after: calibration text the thresholds
+    were not fit on. On the tokens they were fit on, the loosest threshold that still meets a
+    high target fires more often than on new text (1.6x at the first head at target 0.95 on the
+    embedded model), so heads would look more profitable than they are."""
+    fitted = contiguous_windows(calib, seq_len, max_tokens).numel()
+    if len(calib) - fitted > prompt_len:
+        return prompt_set(calib[fitted:], n, prompt_len, seed), fitted
+    log.warning(
+        "head selection: only %d calibration tokens beyond the %d calibrated ones; its prompts "
+        "overlap the calibrated tokens, where exit rates are optimistic at high targets",
+        len(calib) - fitted,
+        fitted,
+    )
+    return prompt_set(calib, n, prompt_len, seed), 0
 
 
 def profile_source(cfg: DictConfig) -> str:

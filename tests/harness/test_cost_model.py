@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import damped_model
+from conftest import damped_model, hand_profile
 
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.harness.cost_model import CATEGORIES, predict, price
@@ -23,36 +23,8 @@ from earlyexit.model.adapter import get_adapter
 from earlyexit.model.trace import UNKNOWN_RUN, TraceCounts
 
 
-def _profile(
-    projection_layer_ms: float | None = None, depth_ratio: list | None = None, **identity
-) -> CostProfile:
-    # segment = fixed + layers * per_layer; per_layer grows with rows and KV length.
-    return CostProfile(
-        identity={
-            "format": "earlyexit.profile/1",
-            "model_shape": "S",
-            "head_architecture": "linear",
-            "head_rank": None,
-            "device_name": "test",
-            "dtype": "float32",
-            "graphs": False,
-            **identity,
-        },
-        rows=[1, 2, 4],
-        kv_lengths=[10, 20],
-        segment_fixed_ms=[[0.1, 0.1], [0.1, 0.1], [0.2, 0.2]],
-        layer_ms=[[1.0, 2.0], [1.5, 2.5], [2.5, 3.5]],
-        unembed_ms=[0.5, 0.6, 0.8],
-        head_ms=0.3,
-        decision_ms={"entropy": 0.45, "max-prob": 0.4, "margin": 0.42},
-        pass_fixed_ms=0.05,
-        projection_layer_ms=projection_layer_ms,
-        depth_ratio=depth_ratio,
-    )
-
-
 def test_profile_interpolates_inside_and_extends_linearly_outside():
-    p = _profile()
+    p = hand_profile()
     assert p.segment_ms(3, 1, 10) == pytest.approx(0.1 + 3 * 1.0)
     assert p.segment_ms(3, 1, 15) == pytest.approx(0.1 + 3 * 1.5)  # halfway in KV
     assert p.segment_ms(2, 3, 20) == pytest.approx(0.15 + 2 * 3.0)  # halfway between rows 2 and 4
@@ -72,7 +44,7 @@ def test_a_trace_is_priced_part_by_part_by_hand():
         checks=Counter({(1, True): 2, (1, False): 1}),
         unembed=Counter({3: 1}),
     )
-    p = _profile()
+    p = hand_profile()
     got = price(trace, p, "dssd", "entropy")
     verify_seg = 0.15 + 4 * 3.0  # rows 3 at KV 20: halfway between rows 2 and 4 in both tables
     assert got["layers_draft"] == pytest.approx(2 * (0.1 + 2 * 1.0))
@@ -100,13 +72,13 @@ def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_ca
         checks=Counter({(1, True): 2}),
         projections=Counter({(4, 1): 2}),  # two exited tokens, 4 skipped layers each
     )
-    got = price(trace, _profile(projection_layer_ms=0.02), "early-exit", "entropy")
+    got = price(trace, hand_profile(projection_layer_ms=0.02), "early-exit", "entropy")
     assert got["kv_projections"] == pytest.approx(2 * 4 * 0.02)
     assert got["layers_fill"] == 0
     with pytest.raises(ValueError, match="no K/V projection time .* measure it again"):
-        price(trace, _profile(), "early-exit", "entropy")
+        price(trace, hand_profile(), "early-exit", "entropy")
     # A trace without projections never asks for one: old profiles still price old runs.
-    assert price(TraceCounts(passes=1), _profile(), "full", None)["kv_projections"] == 0
+    assert price(TraceCounts(passes=1), hand_profile(), "full", None)["kv_projections"] == 0
     # Traces stored before kv strategies existed have no projections entry.
     old = TraceCounts.from_json({"passes": 1, "segments": [], "checks": [], "unembed": []})
     assert old.projections == Counter()
@@ -117,7 +89,7 @@ def test_a_shallow_pass_saves_the_weight_traffic_its_depth_ratio_says_once_per_l
     # 4 layers; a pass 1 or 2 deep after one such pass runs at 0.6 / 0.8 of a full-depth pass's
     # per-layer time (1.0 ms at one row, KV 10), after two or more at 0.5 / 0.7; a ratio above 1
     # (noise) saves nothing.
-    p = _profile(depth_ratio=[[0.6, 0.5], [0.8, 0.7], [1.1, 1.1], [1.0, 1.0]])
+    p = hand_profile(depth_ratio=[[0.6, 0.5], [0.8, 0.7], [1.1, 1.1], [1.0, 1.0]])
     assert p.segment_ms(2, 1, 10, reuse_depth=2, warm_layers=2, shallow_run=1) == pytest.approx(0.1 + 2 * 0.8)
     assert p.segment_ms(1, 1, 10, reuse_depth=1, warm_layers=1, shallow_run=1) == pytest.approx(0.1 + 0.6)
     # Weights settle in over a run of shallow passes; past the longest run timed, as that one.
@@ -134,9 +106,9 @@ def test_a_shallow_pass_saves_the_weight_traffic_its_depth_ratio_says_once_per_l
         assert p.segment_ms(2, 1, 10, reuse, warm, run) == pytest.approx(0.1 + 2 * 1.0)
     # A run not recorded (old traces): priced as the longest run timed.
     assert p.segment_ms(2, 1, 10, 2, 2, UNKNOWN_RUN) == pytest.approx(0.1 + 2 * 0.7)
-    assert _profile().segment_ms(2, 1, 10, 1, 2, 1) == pytest.approx(2.1)  # old profile: no ratio
+    assert hand_profile().segment_ms(2, 1, 10, 1, 2, 1) == pytest.approx(2.1)  # old profile: no ratio
     # A profile from before runs were timed holds one ratio per depth: it prices every run alike.
-    old = _profile(depth_ratio=[0.6, 0.8, 1.1, 1.0])
+    old = hand_profile(depth_ratio=[0.6, 0.8, 1.1, 1.0])
     assert old.depth_ratio == [[0.6], [0.8], [1.1], [1.0]]
     for run in (1, 4, UNKNOWN_RUN):
         assert old.segment_ms(2, 1, 10, 2, 2, run) == pytest.approx(0.1 + 2 * 0.8)
@@ -165,6 +137,7 @@ def test_deep_models_time_a_few_depths_and_interpolate_the_rest():
     assert depth_points(8) == list(range(1, 9))
     deep = depth_points(24)
     assert deep[0] == 1 and deep[-1] == 24 and len(deep) <= 13 and deep == sorted(set(deep))
+
     def one_run(depths, ms):  # the ratio by depth of passes after one shallow pass
         return [by_run[0] for by_run in _depth_ratio(depths, [[t] for t in ms])]
 
@@ -180,7 +153,7 @@ def test_deep_models_time_a_few_depths_and_interpolate_the_rest():
 
 
 def test_a_profile_refuses_runs_of_another_shape_or_head_naming_both():
-    p = _profile()
+    p = hand_profile()
     p.check_prices("S", "linear")
     with pytest.raises(ValueError, match=r"model_shape: profile 'S', runs 'T'"):
         p.check_prices("T", "linear")

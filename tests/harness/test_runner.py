@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from eval_data import write_suite
 from hydra import compose, initialize_config_dir
 from transformers import GPTNeoXForCausalLM
 
+from earlyexit.exits.calibrate import Calibration
 from earlyexit.harness.cost_model import predict
 from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import ResultStore
@@ -96,6 +98,11 @@ def test_pythia_configs_build_the_right_architecture(size):
         ),
         (["task.names=[no_such_task]"], "no_such_task"),
         (["bench.prompts=0"], "bench.prompts=0 must be an integer >= 1"),
+        (["calibration.heads=best"], "calibration.heads='best' is not a head choice; valid: all, priced"),
+        (
+            ["calibration.heads=priced", "calibration.select_prompts=0"],
+            "calibration.select_prompts=0 must be an integer >= 1",
+        ),
         (
             ["bench.profile=sometimes"],
             "bench.profile='sometimes' is not a profile source; valid: interleaved, cached",
@@ -149,6 +156,54 @@ def test_a_lossy_kv_run_scores_held_out_tokens_under_its_rule_and_counts_its_wor
     assert projected == (exited if kv == "propagate" else 0)
     assert m["time_ms.layers_fill"] == 0 and (m["time_ms.kv_projections"] > 0) == (kv == "propagate")
     assert m["layers_per_token"] < layers
+
+
+def test_priced_heads_are_chosen_on_calibration_prompts_used_everywhere_and_cached(
+    tmp_path, monkeypatch, capsys
+):
+    import earlyexit.harness.runner as runner
+
+    overrides = (
+        "mode=dssd",
+        "calibration.target=0.95",
+        "calibration.heads=priced",
+        "calibration.select_prompts=2",
+    )
+    cfg = config(*TINY_RUN, *overrides, f"cache_dir={tmp_path}")
+    summary = runner.run(cfg, tmp_path)
+    m, per_head = summary["metrics"], summary["per_head"]
+    sel = m["heads_selection"]
+    assert m["heads_choice"] == "priced" and m["heads_kept"] == sel["kept"]
+    calibrated = Calibration.from_json(summary["calibration"]).thresholds_for(0.95)
+    live = [h for h, t in calibrated.items() if math.isfinite(t)]
+    assert live and sel["tried"][0]["heads"] == live  # the search starts from every head that can fire
+    assert min(sel["tried"], key=lambda s: s["priced_tpot_ms"])["heads"] == sel["kept"]
+    for layer, row in per_head.items():
+        if layer not in sel["kept"]:  # a dropped head is never evaluated, so it never fires
+            assert math.isinf(row["threshold"]) and row["exits_in_decoding"] == 0
+    assert {layer for layer, _, n in m["trace"]["checks"] if n} <= set(sel["kept"])
+    kept_line = f"heads kept (calibration.heads=priced): {sel['kept']} of {summary['head_layers']}"
+    assert kept_line in capsys.readouterr().out
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the selection is cached: same heads, thresholds, profile and prompts")
+
+    monkeypatch.setattr(runner, "select_heads", must_not_run)
+    again = runner.run(cfg, tmp_path)["metrics"]
+    assert again["heads_selection"] == sel
+
+
+def test_selection_prompts_come_from_calibration_tokens_the_thresholds_were_not_fit_on(caplog):
+    from earlyexit.harness.runner import selection_prompts
+
+    stream = torch.arange(3000)
+    prompts, fitted = selection_prompts(stream, seq_len=512, max_tokens=2048, n=6, prompt_len=32, seed=0)
+    assert fitted == 2048 and len(prompts) == 6
+    assert all(len(p) == 32 and p.min() >= 2048 for p in prompts)
+    with caplog.at_level("WARNING"):
+        prompts, fitted = selection_prompts(stream[:2070], 512, 2048, 6, 32, 0)
+    assert fitted == 0 and all(p.max() < 2070 for p in prompts)
+    assert "only 22 calibration tokens beyond the 2048 calibrated ones" in caplog.text
 
 
 def run_app(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -32,6 +32,7 @@ LOSSLESS_MODES = ("full", "layerskip", "dssd")
 # What an exited token leaves in deeper layers' KV cache. Records from before the setting have no
 # column and ran the only strategy there was; lossless modes accept only this one.
 DEFAULT_KV = "fill"
+DEFAULT_HEAD_CHOICE = "all"  # calibration.heads before the key existed: every head
 # Modes whose exits depend on a confidence metric and a calibrated target.
 THRESHOLD_MODES = ("early-exit", "dssd")
 # Where a token's predicted time goes. Mirrors earlyexit.harness.cost_model.CATEGORIES (a test
@@ -55,6 +56,8 @@ KEY_COLUMNS: dict[str, str] = {
     "mode": "config.mode.name",
     # What happens to an exited token's deeper K/V (early-exit only): fill, propagate or skip.
     "kv": "config.engine.kv",
+    # Which calibrated heads run: all, or priced (those that lower this device's priced time).
+    "head_choice": "config.calibration.heads",
     "metric": "config.metric.name",
     "target": "config.calibration.target",
     "exit_layer": "config.mode.exit_layer",
@@ -229,6 +232,7 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     df["within_noise"] = df["within_noise"].map(lambda v: v if isinstance(v, bool | np.bool_) else np.nan)
     df["lossless"] = df["mode"].isin(LOSSLESS_MODES)
     df["kv"] = kv_strategy(df)
+    df["head_choice"] = head_choice(df)
     # Eager and CUDA-graph latencies are different regimes: fronts and panels keep them apart.
     df["timing"] = np.where(df["cuda_graphs"].eq(True), "CUDA graphs", "eager")
     # These describe the calibrated thresholds, which modes without a confidence threshold never use
@@ -259,6 +263,13 @@ def kv_strategy(df: pd.DataFrame) -> pd.Series:
     if "kv" not in df:
         return pd.Series(DEFAULT_KV, index=df.index, dtype=object)
     return df["kv"].astype(object).where(df["kv"].notna(), DEFAULT_KV)
+
+
+def head_choice(df: pd.DataFrame) -> pd.Series:
+    """Each run's ``calibration.heads``, ``all`` where the record (or a hand-built frame) has none."""
+    if "head_choice" not in df:
+        return pd.Series(DEFAULT_HEAD_CHOICE, index=df.index, dtype=object)
+    return df["head_choice"].astype(object).where(df["head_choice"].notna(), DEFAULT_HEAD_CHOICE)
 
 
 def accuracy_columns(df: pd.DataFrame) -> list[str]:
@@ -319,7 +330,18 @@ def latest_per_config(df: pd.DataFrame) -> pd.DataFrame:
     return keep
 
 
-ID_COLUMNS = ("run_id", "model", "heads", "mode", "kv", "metric", "target", "exit_layer", "draft_length")
+ID_COLUMNS = (
+    "run_id",
+    "model",
+    "heads",
+    "head_choice",
+    "mode",
+    "kv",
+    "metric",
+    "target",
+    "exit_layer",
+    "draft_length",
+)
 
 
 def per_head_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.load import DEFAULT_KV, THRESHOLD_MODES, kv_strategy
+from analysis.load import DEFAULT_HEAD_CHOICE, DEFAULT_KV, THRESHOLD_MODES, head_choice, kv_strategy
 
 MODE_LABELS = {"full": "full", "early-exit": "early-exit", "dssd": "DSSD", "layerskip": "LayerSkip"}
 # Fronts are per model, timing regime (eager or CUDA graphs) and series (mode, metric and KV
@@ -49,13 +49,16 @@ def pareto_mask(
 def mode_group(df: pd.DataFrame) -> pd.Series:
     """The series a run belongs to: early-exit per confidence metric and KV strategy (named even
     when it is the default, so a legend never leaves the reader to guess), DSSD per metric,
-    LayerSkip and full alone. A KV strategy other than fill is named in any mode."""
+    LayerSkip and full alone. A KV strategy other than fill is named in any mode, and so are
+    heads chosen by priced time (``calibration.heads=priced``)."""
     labels = df["mode"].map(lambda m: MODE_LABELS.get(m, str(m)))
     with_metric = df["mode"].isin(THRESHOLD_MODES) & df["metric"].notna()
     labels = labels.where(~with_metric, labels + " · " + df["metric"].astype(str))
     kv = kv_strategy(df)
     named = (df["mode"] == "early-exit") | (kv != DEFAULT_KV)
-    return labels.where(~named, labels + " · KV " + kv.astype(str))
+    labels = labels.where(~named, labels + " · KV " + kv.astype(str))
+    priced = df["mode"].isin(THRESHOLD_MODES) & (head_choice(df) != DEFAULT_HEAD_CHOICE)
+    return labels.where(~priced, labels + " · " + head_choice(df).astype(str) + " heads")
 
 
 def run_label(row: pd.Series) -> str:
@@ -82,6 +85,9 @@ def run_name(row: pd.Series) -> str:
     kv = row.get("kv")
     if isinstance(kv, str) and kv != DEFAULT_KV:
         name += f" · KV {kv}"
+    choice = row.get("head_choice")
+    if mode in THRESHOLD_MODES and isinstance(choice, str) and choice != DEFAULT_HEAD_CHOICE:
+        name += f" · {choice} heads"
     return f"{name} {run_label(row)}"
 
 

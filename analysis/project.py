@@ -54,6 +54,7 @@ ID_COLUMNS = (
     "exit_layer",
     "draft_length",
     "heads",
+    "head_choice",
     "timing",
 )
 PROJECTED_COLUMNS = (

@@ -30,7 +30,7 @@ from analysis.load import (
     load_wandb,
     per_head_table,
 )
-from analysis.pareto import accuracy_axis, front, mark_fronts, pareto_mask
+from analysis.pareto import accuracy_axis, front, mark_fronts, pareto_mask, run_name
 from analysis.project import project
 from analysis.published import CAVEATS, PUBLISHED_CSV, compare, hardware_match, load_published, model_match
 from analysis.summary import write_summary
@@ -418,6 +418,22 @@ def test_propagate_and_fill_runs_form_separate_fronts_named_by_strategy(tmp_path
         assert lines["early-exit · entropy · KV fill"].get_linestyle() in ("-", "None")
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert {"early-exit · entropy · KV fill", "early-exit · entropy · KV propagate"} <= set(legend)
+
+
+def test_runs_with_priced_heads_form_their_own_series_and_old_records_read_all_heads(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    store.append(_record("dssd", {"speedup": 0.9, "outputs_equal_full": True}))  # before the key
+    store.append(
+        _record("dssd", {"speedup": 0.95, "outputs_equal_full": True}, **{"calibration.heads": "all"})
+    )
+    priced = {"calibration.heads": "priced", "calibration.target": 0.95}
+    store.append(_record("dssd", {"speedup": 1.0, "outputs_equal_full": True}, **priced))
+    store.append(_record("full", {"speedup": 1.0, "outputs_equal_full": True}, **priced))
+    df = load_results(store.path)
+    assert df["head_choice"].tolist() == ["all", "all", "priced", "priced"]
+    groups = mark_fronts(df, "speedup", "agreement_delta")["group"].tolist()
+    assert groups == ["DSSD · entropy", "DSSD · entropy", "DSSD · entropy · priced heads", "full"]
+    assert [run_name(row) for _, row in df.iterrows()][2:] == ["DSSD · entropy · priced heads t=0.95", "full"]
 
 
 def test_summary_shows_the_kv_strategy_and_puts_propagate_beside_calm(tmp_path):

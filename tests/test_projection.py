@@ -515,6 +515,7 @@ def test_cli_writes_and_prints_a_table_labelled_projected(store, tmp_path, capsy
         "exit_layer",
         "draft_length",
         "heads",
+        "head_choice",
         "timing",
     ]
     assert csv.loc[csv["mode"] == "early-exit", "projected_tpot_ms"].item() == pytest.approx(7.72)

@@ -35,6 +35,7 @@ demo: $(STAMP)
 	$(PY) run.py -m mode=early-exit,dssd calibration.target=0.6,0.8,0.95
 	$(PY) run.py -m mode=early-exit engine.kv=propagate,skip calibration.target=0.6,0.8,0.95
 	$(PY) run.py -m mode=layerskip mode.exit_layer=2,4
+	$(PY) run.py -m mode=dssd calibration.target=0.6,0.8,0.95 calibration.heads=priced
 	$(MAKE) figures
 	@echo "figures and summary: $(FIGURES)/ (start with $(FIGURES)/speed_accuracy_speedup.png and $(FIGURES)/summary.md)"
 

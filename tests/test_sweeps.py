@@ -108,8 +108,9 @@ def key_problems(sweep: SweepConfig, params: dict[str, Any]) -> list[str]:
     return problems
 
 
-def test_there_are_the_four_sweeps():
-    assert {p.stem for p in SWEEPS} == {"metric_target", "layerskip_grid", "bayes_thresholds", "kv_strategy"}
+def test_there_are_the_five_sweeps():
+    names = {"metric_target", "layerskip_grid", "bayes_thresholds", "kv_strategy", "head_choice"}
+    assert {p.stem for p in SWEEPS} == names
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)

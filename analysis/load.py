@@ -64,6 +64,7 @@ KEY_COLUMNS: dict[str, str] = {
     "draft_length": "config.mode.draft_length",
     "max_draft": "config.mode.max_draft",
     "heads": "config.heads.architecture",
+    "heads_kept": "metric.heads_kept",  # early-exit and dssd: the heads that could fire
     "tasks": "config.task.names",
     "head_rank": "config.heads.rank",
     "speedup": "metric.speedup",

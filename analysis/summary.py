@@ -7,13 +7,14 @@ models, tasks and hardware a number beside ours is context, not a replication.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.load import kv_strategy, unique
+from analysis.load import THRESHOLD_MODES, kv_strategy, unique
 from analysis.measures import (
     MODE_ORDER,
     depth_layers,
@@ -77,19 +78,35 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # What a run is, as table columns: every table of runs names them the same way, in this order.
-SETTING_HEADER = ["mode", "KV", "metric", "target", "E", "K"]
+SETTING_HEADER = ["mode", "KV", "heads", "metric", "target", "E", "K"]
 
 
 def setting_cells(row: pd.Series) -> list[str]:
-    """The cells under ``SETTING_HEADER``: mode, KV strategy, metric, target, LayerSkip's E and K."""
+    """The cells under ``SETTING_HEADER``: mode, KV strategy, heads, metric, target, LayerSkip's
+    E and K."""
     return [
         _text(row["mode"]),
         _text(row["kv"]),
+        heads_cell(row),
         _text(row["metric"]),
         _num(row["target"], "g"),
         _num(row["exit_layer"], ".0f"),
         _num(row["draft_length"], ".0f"),
     ]
+
+
+def heads_cell(row: pd.Series) -> str:
+    """Which calibrated heads a thresholded run used: "all", or "priced: 1 5" (the heads kept by
+    ``calibration.heads=priced``; "priced: none" when no head paid)."""
+    if row.get("mode") not in THRESHOLD_MODES:
+        return "—"
+    if row.get("head_choice") != "priced":
+        return "all"
+    kept = row.get("heads_kept")
+    kept = json.loads(kept) if isinstance(kept, str) else kept
+    if not isinstance(kept, list):
+        return "priced"
+    return "priced: " + (" ".join(str(h) for h in kept) if kept else "none")
 
 
 def measured_table(df: pd.DataFrame) -> str:

@@ -427,13 +427,25 @@ def test_runs_with_priced_heads_form_their_own_series_and_old_records_read_all_h
         _record("dssd", {"speedup": 0.95, "outputs_equal_full": True}, **{"calibration.heads": "all"})
     )
     priced = {"calibration.heads": "priced", "calibration.target": 0.95}
-    store.append(_record("dssd", {"speedup": 1.0, "outputs_equal_full": True}, **priced))
+    store.append(
+        _record("dssd", {"speedup": 1.0, "outputs_equal_full": True, "heads_kept": "[1, 5]"}, **priced)
+    )
     store.append(_record("full", {"speedup": 1.0, "outputs_equal_full": True}, **priced))
     df = load_results(store.path)
     assert df["head_choice"].tolist() == ["all", "all", "priced", "priced"]
     groups = mark_fronts(df, "speedup", "agreement_delta")["group"].tolist()
     assert groups == ["DSSD · entropy", "DSSD · entropy", "DSSD · entropy · priced heads", "full"]
     assert [run_name(row) for _, row in df.iterrows()][2:] == ["DSSD · entropy · priced heads t=0.95", "full"]
+    text = write_summary(df, tmp_path, "r.jsonl").read_text()
+    measured = [
+        line for line in text.split("## Measured")[1].split("\n## ")[0].splitlines() if line.startswith("| ")
+    ]
+    header = [c.strip() for c in measured[0].strip("|").split("|")]
+    heads = [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))["heads"]
+        for line in measured[1:]
+    ]
+    assert sorted(heads) == ["all", "all", "priced: 1 5", "—"]  # full: no heads
 
 
 def test_summary_shows_the_kv_strategy_and_puts_propagate_beside_calm(tmp_path):

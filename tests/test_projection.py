@@ -404,7 +404,8 @@ def test_summary_reports_the_median_prediction_error_per_mode(df, tmp_path):
     ee = f"| m | eager | early-exit | 1 | {7.72 / 7 - 1:.1%} | 100% | {abs(ee_speedup_error):.1%} |"
     assert ee in section
     assert f"| m | eager | layerskip | 1 | {abs(7.62 / 10 - 1):.1%} | 0% |" in section
-    assert "| m | eager | early-exit | fill | entropy | 0.7 | — | — | 7.000 | 7.720 | +10.3% |" in section
+    row = "| m | eager | early-exit | fill | all | entropy | 0.7 | — | — | 7.000 | 7.720 | +10.3% |"
+    assert row in section
     assert f"| 1.17 | 1.29 | {ee_speedup_error:+.1%} |" in section
     # These records predate bench.profile: every priced run counts as cached.
     assert "Profiles: 0 run(s) timed their own beside their samples" in section
@@ -501,7 +502,7 @@ def test_cli_writes_and_prints_a_table_labelled_projected(store, tmp_path, capsy
     assert "speedup [95% CI]" not in out and "measured" not in header
     ee = next(line for line in out.splitlines() if "| early-exit |" in line)
     assert ee.endswith(f"| 9.0000 | 7.7200 | {9 / 7.72:.2f}× |")
-    assert ee.startswith("| m | early-exit | fill | entropy |")  # the KV strategy named (old record: fill)
+    assert ee.startswith("| m | early-exit | fill | all | entropy |")  # KV and heads named (old record)
     assert "note: skipped 1 run(s) without a pass trace" in err
     assert out == (out_dir / "projected-gpu.md").read_text() + "\n"
     csv = pd.read_csv(out_dir / "projected-gpu.csv")

@@ -132,7 +132,8 @@ def select_heads(
     if mode not in SELECTING_MODES:
         raise ValueError(f"head selection applies to modes {', '.join(SELECTING_MODES)}, not {mode!r}")
     live = [h for h in sorted(thresholds) if not (math.isinf(thresholds[h]) and thresholds[h] > 0)]
-    bar = tqdm(total=1 + len(live) * (len(live) + 1) // 2, desc="head selection", leave=False)
+    most = 1 + len(live) * (len(live) + 1) // 2  # subsets the search may try, then `full`
+    bar = tqdm(total=most + 1, desc="head selection", leave=False)
 
     def price_of(strategy: Strategy, name: str) -> float:
         _, summary = measure_decoding(strategy, adapter, prompts, settings, 1, 0, False, graphs)
@@ -146,7 +147,6 @@ def select_heads(
 
     with bar:
         tried = backward_elimination(live, priced)
-        bar.total += 1
         full_ms = price_of(make(None), "full")
     chosen = kept(tried).heads
     out = {h: (t if h in chosen else math.inf) for h, t in thresholds.items()}

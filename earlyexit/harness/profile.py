@@ -323,8 +323,8 @@ class ProfileRounds:
         self.depths = depth_points(L)
         for d in self.depths:  # after a full-depth pass, DEPTH_RUN + 1 passes of depth d, each timed
             calls[("depth reset", d)] = partial(engine._run_segment, 0, L - 1, hidden[:1], [mid - 1])
-            for k in range(DEPTH_RUN + 1):
-                calls[("depth", d, k)] = partial(engine._run_segment, 0, d - 1, hidden[:1], [mid - 1])
+            shallow = partial(engine._run_segment, 0, d - 1, hidden[:1], [mid - 1])
+            calls.update({("depth", d, k): shallow for k in range(DEPTH_RUN + 1)})
         self.adapter, self.heads, self.engine, self.device = adapter, heads, engine, device
         self.rows, self.kv_lengths, self.calls = rows, kv_lengths, calls
         self.identity = profile_identity(adapter, heads, graphs is not None, device_name)

@@ -81,7 +81,7 @@ def _breakdown(m: dict) -> str:
 
 def _selection(sel: dict, layers: list[int]) -> str:
     """calibration.heads=priced: which heads were kept and what the choice was priced at."""
-    first, best = sel["tried"][0], min(sel["tried"], key=lambda s: s["priced_tpot_ms"])
+    first, best = sel["tried"][0], next(s for s in sel["tried"] if s["heads"] == sel["kept"])
     return (
         f"heads kept (calibration.heads=priced): {sel['kept']} of {layers}; priced on calibration "
         f"prompts at {best['priced_tpot_ms']:.3f} ms/token (heads {first['heads']}: "

@@ -31,7 +31,7 @@ def load_documents(source: str, split: str = "train", text_field: str = "text") 
         return [path.read_text(encoding="utf-8", errors="replace")]
     if path.is_dir():
         return [p.read_text(encoding="utf-8", errors="replace") for p in _text_files(path)]
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise FileNotFoundError(f"text source {source!r} does not exist")
     return _hf_dataset_documents(source, split, text_field)
 
@@ -55,7 +55,7 @@ def text_fingerprint(source: str) -> str:
         files = [("", path)]  # a single file: its name is not part of its text
     elif path.is_dir():
         files = [(str(p.relative_to(path)), p) for p in _text_files(path)]
-    elif _looks_like_path(source):
+    elif looks_like_path(source):
         raise FileNotFoundError(f"text source {source!r} does not exist")
     else:
         return f"dataset:{source}"
@@ -70,7 +70,7 @@ def _text_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     """Paths start with / . ~ or name a file; dataset names ("org/name[:config]") do neither."""
     return source.startswith(("/", ".", "~")) or Path(source).suffix in TEXT_SUFFIXES
 

@@ -5,6 +5,9 @@ resolved to, or a hash of a local directory's weights), head spec, training sett
 training text's content (`earlyexit.data.streams.text_fingerprint`), never a name or a path:
 changed text under the same path trains new heads, the same text under another path reuses them.
 Shipped artifacts (the embedded model's heads) are looked up first.
+
+A cached artifact that cannot be read (a truncated file from a full disk or a copy cut short,
+invalid JSON) is moved aside with a warning and made again: it must never fail every rerun.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,13 +26,46 @@ from transformers import PreTrainedTokenizerBase
 
 from earlyexit.data.streams import text_fingerprint, token_streams
 from earlyexit.exits.heads import HeadSet, HeadSpec
-from earlyexit.exits.train import TrainConfig, train_heads
+from earlyexit.exits.train import TrainConfig, read_checkpoint, train_heads
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = EMBEDDED_MODEL_DIR / "heads"
+T = TypeVar("T")
+
+
+def quarantine(path: Path, err: BaseException) -> Path:
+    """Move an unreadable artifact aside (kept, not deleted, for a look) and say so."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(aside)
+    log.warning(
+        "cached artifact %s is unreadable (%s: %s): moved aside to %s; making it again",
+        path,
+        type(err).__name__,
+        str(err).splitlines()[0] if str(err) else "",
+        aside.name,
+    )
+    return aside
+
+
+def read_or_quarantine(path: Path, read: Callable[[Path], T]) -> T | None:
+    """``read(path)``, or None after moving the file aside when it cannot be read.
+
+    Shipped artifacts are part of the package: one that is unreadable is an install problem,
+    raised with a hint instead of moved.
+    """
+    try:
+        return read(path)
+    except Exception as err:  # what a corrupt file raises depends on the reader (safetensors, json)
+        if path.is_relative_to(SHIPPED_DIR):
+            raise RuntimeError(
+                f"a shipped artifact {path} is unreadable ({type(err).__name__}: {err}); reinstall "
+                "the package (pip install -e .) or restore it with git checkout"
+            ) from err
+        quarantine(path, err)
+        return None
 
 
 def artifact_key(**identity: Any) -> str:
@@ -76,15 +114,20 @@ def prepare_heads(
         return HeadSet(adapter, spec), key
     found = find_artifact(cache_dir, "heads", key, ".safetensors")
     if found is not None:
-        log.info("heads: cached %s", found)
         # The key covers the model's content, so a copy of the same weights under another path is
         # the same model: the name check in HeadSet.load would refuse it for nothing.
-        return HeadSet.load(found, adapter, check_model_id=False), key
+        loaded = read_or_quarantine(found, lambda p: HeadSet.load(p, adapter, check_model_id=False))
+        if loaded is not None:
+            log.info("heads: cached %s", found)
+            return loaded, key
     heads = HeadSet(adapter, spec)
     path = artifact_path(cache_dir, "heads", key, ".safetensors", identity, about)
-    train_heads(adapter, heads, train_stream, tcfg, checkpoint=path.with_suffix(".ckpt"))
+    ckpt = path.with_suffix(".ckpt")
+    if ckpt.exists():  # resume from it, unless it is unreadable
+        read_or_quarantine(ckpt, read_checkpoint)
+    train_heads(adapter, heads, train_stream, tcfg, checkpoint=ckpt)
     heads.save(path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    ckpt.unlink(missing_ok=True)
     log.info("heads: trained and stored %s", path)
     return heads, key
 
@@ -94,14 +137,28 @@ def cached_json(cache_dir: str | Path, kind: str, identity: dict, compute) -> di
     key = artifact_key(**identity)
     found = find_artifact(cache_dir, kind, key, ".result.json")
     if found is not None:
-        log.info("%s: cached %s", kind, found)
-        return json.loads(found.read_text())
+        value = read_or_quarantine(found, _read_json_object)
+        if value is not None:
+            log.info("%s: cached %s", kind, found)
+            return value
     value = compute()
     path = artifact_path(cache_dir, kind, key, ".result.json", identity)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=2))
     tmp.replace(path)
     return value
+
+
+def _read_json_object(path: Path) -> dict:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _read_streams(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    streams = load_file(path)
+    return streams["train"], streams["calibration"], streams["heldout"]
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -131,9 +188,10 @@ def cached_token_streams(
     key = artifact_key(**identity)
     path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
     if path.exists():
-        log.info("token streams: cached %s", path)
-        streams = load_file(path)
-        return streams["train"], streams["calibration"], streams["heldout"]
+        cached = read_or_quarantine(path, _read_streams)
+        if cached is not None:
+            log.info("token streams: cached %s", path)
+            return cached
     train, calib, heldout = token_streams(tokenizer, source, heldout_fraction)
     path = artifact_path(cache_dir, "tokens", key, ".safetensors", identity, {"source": source})
     tmp = path.with_suffix(".tmp")

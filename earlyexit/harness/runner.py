@@ -50,6 +50,7 @@ from earlyexit.harness.profile import (
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.harness.timing import device_name, environment
+from earlyexit.harness.training_text import resolve_text_source
 from earlyexit.model.adapter import ModelAdapter, get_adapter
 from earlyexit.model.graphs import Capture, default_capture
 from earlyexit.model.loading import (
@@ -181,13 +182,20 @@ def validate(cfg: DictConfig) -> None:
     exit_layer = cfg.mode.get("exit_layer")
     if cfg.mode.name == "layerskip" and exit_layer is not None and exit_layer not in layers:
         raise ValueError(f"mode.exit_layer={exit_layer} is not a head layer; head layers: {layers}")
+    # Last: offline, a hub dataset is looked up in the datasets cache (seconds).
+    resolve_text_source(cfg.data.source, cfg.task.get("offline"), cfg.cache_dir)  # the heads' training text
 
 
 def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: bool = False) -> dict | None:
     """Run `cfg` once and append its record to the results store; skip it if already finished."""
     requested = {"device": str(cfg.device), "dtype": str(cfg.model.dtype)}
-    cfg = resolve_runtime(cfg)
-    validate(cfg)
+    try:
+        cfg = resolve_runtime(cfg)
+        validate(cfg)
+    except ValueError as err:
+        if not multirun:
+            raise  # a single run fails at once, before anything is loaded or stored
+        return _refused(cfg, requested, err)  # a sweep records the refusal and goes on
     flat = flatten_config(cfg)
     key = config_key(flat)
     store = ResultStore(cfg.results.path)
@@ -221,6 +229,14 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
         raise failure
     log.info("recorded run %s in %s", key, store.path)
     return summary
+
+
+def _refused(cfg: DictConfig, requested: dict, err: ValueError) -> None:
+    """A sweep job whose config is refused before loading: a failed record naming why."""
+    error = f"{type(err).__name__}: {err}"
+    env = {"device_requested": requested["device"], "dtype_requested": requested["dtype"]}
+    ResultStore(cfg.results.path).append(make_record(flatten_config(cfg), {}, env, "failed", error))
+    log.error("job refused before loading: %s", error)
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:

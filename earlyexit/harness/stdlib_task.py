@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import logging
 import math
 import re
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from earlyexit.data.streams import load_documents
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STDLIB_TASK", "stdlib_lambada_examples", "stdlib_task_config"]
 
@@ -68,10 +71,26 @@ def _evenly(items: list, k: int) -> list:
     return [items[i * len(items) // k] for i in range(k)]
 
 
+def _readable_jsonl(path: Path) -> bool:
+    """Every line a JSON object with the task's two fields (a cut-short file fails on its last)."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return bool(rows) and all(isinstance(r, dict) and {"context", "target"} <= set(r) for r in rows)
+
+
 def stdlib_task_config(cache_dir: Path, lambada_yaml: Path) -> dict[str, Any]:
     """The task's lm-eval config (LAMBADA's metrics, from ``lambada_yaml``), its data written once."""
     tag = f"v{STDLIB_VERSION}-py{sys.version_info.major}.{sys.version_info.minor}"
     path = (cache_dir / f"stdlib_lambada-{tag}.jsonl").resolve()
+    if path.is_file() and not _readable_jsonl(path):
+        aside = path.with_name(f"{path.name}.corrupt")
+        path.replace(aside)
+        log.warning(
+            "cached task data %s is unreadable: moved aside to %s; writing it again", path, aside.name
+        )
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

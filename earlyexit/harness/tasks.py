@@ -40,7 +40,9 @@ from earlyexit.harness.local_tasks import (
     scored_split,
     task_config,
 )
+from earlyexit.harness.offline import datasets_offline, is_offline
 from earlyexit.harness.stdlib_task import STDLIB_TASK, stdlib_task_config
+from earlyexit.harness.task_checks import TaskDataError, check_documents, scoring_warnings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ __all__ = [
     "SOURCES",
     "STDLIB_TASK",
     "ResolvedTask",
+    "TaskDataError",
     "TaskNotAvailableError",
     "default_cache_dir",
     "default_data_dir",
@@ -120,47 +123,6 @@ def _data_dir(data_dir: str | Path | None) -> Path | None:
             "<task>_<split>.jsonl or .parquet files (e.g. piqa_validation.jsonl)"
         )
     return path.resolve()
-
-
-def _truthy(var: str) -> bool:
-    return os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _env_offline() -> bool:
-    return any(_truthy(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-_probe: list[str | None] = []  # one hub probe per process
-
-
-def _hub_unreachable() -> str | None:
-    if not _probe:
-        from earlyexit.model.loading import hub_unreachable_reason
-
-        _probe.append(hub_unreachable_reason())
-    return _probe[0]
-
-
-def is_offline(offline: bool | None) -> bool:
-    """``task.offline``: null = offline when HF_*_OFFLINE says so or the hub does not answer."""
-    if offline is not None:
-        return bool(offline)
-    if _env_offline():
-        return True
-    reason = _hub_unreachable()
-    if reason is not None:
-        log.warning("the Hugging Face hub cannot be reached (%s): tasks run from local data", reason)
-    return reason is not None
-
-
-def _datasets_offline() -> None:
-    """Make `datasets` read its cache without trying the hub: it reads HF_*_OFFLINE once, at import,
-    and an offline decision may come later (from the hub probe)."""
-    import datasets
-    import huggingface_hub
-
-    datasets.config.HF_HUB_OFFLINE = True
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def _user_tasks(include_dirs: list[Path]) -> dict[str, Any]:
@@ -256,6 +218,7 @@ def _user_task(name: str, yaml_path: Path, include_dirs: list[Path], offline: bo
             f"task {name!r} from task.include_path={folder!r} ({yaml_path}) cannot be built offline: "
             f"{type(err).__name__}: {err}"
         ) from err
+    check_documents(task, name, [str(yaml_path)])
     return ResolvedTask(
         name,
         "include_path",
@@ -283,12 +246,13 @@ def _resolve_one(
         dataset = f"{dataset}, {config['dataset_name']}"
     if not offline:
         return ResolvedTask(name, "hub", yaml=str(path), config=standard, split=scored_split(config))
-    _datasets_offline()
+    datasets_offline()
     try:
         task = _build(name, standard)
     except Exception as err:  # not in the datasets cache (ConnectionError, FileNotFoundError, ...)
         cache_miss = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     else:
+        check_documents(task, name, [f"{dataset} in the datasets cache"])
         return ResolvedTask(
             name,
             "datasets_cache",
@@ -301,13 +265,14 @@ def _resolve_one(
     if variant is not None:
         file = variant.files[0]
         try:
-            _build(name, variant.config)
+            built = _build(name, variant.config)
         except Exception as err:
             raise TaskNotAvailableError(
                 f"task.data_dir={str(data_dir)!r}: {file.name} does not fit lm-eval's task {name!r} "
                 f"({type(err).__name__}: {err}); the file has columns {_columns(file)}, and the task "
                 f"({path}) reads the columns of the dataset {dataset}"
             ) from err
+        check_documents(built, name, [str(f) for f in variant.files])
         (log.warning if variant.fallback else log.info)("task %s: %s", name, variant.note)
         return ResolvedTask(
             name,
@@ -457,7 +422,7 @@ def evaluate(
         tasks = resolve_tasks(tasks, data_dir=data_dir, include_path=include_path, offline=offline)  # type: ignore[arg-type]
     resolved: list[ResolvedTask] = list(tasks)  # type: ignore[arg-type]
     if any(t.source in ("datasets_cache", "data_dir") for t in resolved):
-        _datasets_offline()
+        datasets_offline()
     names = [t.name for t in resolved]
     for task in resolved:
         if task.fallback:
@@ -472,14 +437,15 @@ def evaluate(
         missing = [n for n in names if n not in manager.all_tasks]
         if missing:
             raise RuntimeError(f"lm-eval did not register task(s) {missing} (a task config failed to parse)")
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=names,
-            task_manager=manager,
-            limit=limit,
-            bootstrap_iters=0,
-            log_samples=False,
-        )
+        with scoring_warnings(names):  # a task that warned of bad targets is never scored as ok
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=names,
+                task_manager=manager,
+                limit=limit,
+                bootstrap_iters=0,
+                log_samples=False,
+            )
     return {task: _plain_metrics(values) for task, values in out["results"].items() if task in names}
 
 

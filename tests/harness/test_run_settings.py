@@ -108,4 +108,4 @@ def test_early_exit_takes_every_kv_strategy(no_cuda, no_model_loads):
 
 
 def test_a_revision_is_accepted_for_pythia(no_cuda):
-    validate(config("model=pythia-410m", "model.revision=step1000"))
+    validate(config("model=pythia-410m", "model.revision=step1000", "data.source=stdlib"))

@@ -53,6 +53,10 @@ def test_every_config_in_every_group_composes_and_validates(group, tmp_path, mon
     # Offline, every task config must resolve before any model loads: here from tiny local files.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = [f"task.data_dir={write_suite(tmp_path)}"] if group == "task" else []
+    if (
+        group == "model"
+    ):  # Pythia's hub training text is not here offline (tests/harness/test_training_text.py)
+        data = ["data.source=stdlib"]
     for option in options:
         cfg = config(f"{group}={option}", *data)
         validate(cfg)
@@ -121,7 +125,9 @@ def test_bad_values_fail_before_any_model_loads(overrides, message):
 def test_pythia_layer_bounds_are_checked_offline():
     with pytest.raises(ValueError, match=r"\[30\] outside \[0, 23\)"):
         validate(config("model=pythia-410m", "heads.placement=explicit", "heads.layers=[30]"))
-    validate(config("model=pythia-2.8b", "heads.placement=explicit", "heads.layers=[30]"))
+    validate(
+        config("model=pythia-2.8b", "heads.placement=explicit", "heads.layers=[30]", "data.source=stdlib")
+    )
 
 
 def test_cuda_graphs_option_times_both_modes_through_graphs(tmp_path, monkeypatch):
@@ -311,7 +317,8 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     records = ResultStore(tmp_path / "records.jsonl").load()
     assert sorted(records["status"]) == ["failed", "ok"]
     failed = records[records["status"] == "failed"].iloc[0]
-    assert "missing.txt" in failed["error"] and "FileNotFoundError" in failed["error"]
+    assert "missing.txt" in failed["error"] and "TextSourceNotAvailableError" in failed["error"]
+    assert "job refused before loading" in proc.stderr + proc.stdout
 
 
 def test_two_job_multirun_through_submitit_local(tmp_path):

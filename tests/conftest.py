@@ -216,3 +216,20 @@ def hand_profile(
         projection_layer_ms=projection_layer_ms,
         depth_ratio=depth_ratio,
     )
+
+
+@pytest.fixture
+def hf_offline(monkeypatch, tmp_path):
+    """Nothing may reach the hub: the HF_*_OFFLINE variables and the flags `datasets` and
+    `huggingface_hub` read at import, with a fresh, empty datasets cache; returns that cache."""
+    import datasets
+    import huggingface_hub
+
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    return cache

@@ -121,7 +121,10 @@ def _problems(task: Any, doc: Mapping, expected: dict[str, set[str]]) -> list[st
         if not choices:
             problems.append("doc_to_choice gives no choices")
         else:
-            golds = target if isinstance(target, list) else [target]
+            # Partial evaluation (winogrande): the prompt is the gold index and the target the shared
+            # continuation, as lm-eval's `multiple_input` reads them.
+            gold_of = text if isinstance(text, int) else target
+            golds = gold_of if isinstance(gold_of, list) else [gold_of]
             for gold in golds:
                 in_range = isinstance(gold, int) and 0 <= gold < len(choices)
                 if not in_range and not (isinstance(gold, str) and gold in choices):

@@ -52,7 +52,12 @@ def test_between_runs_after_each_sample_and_a_true_answer_rewarms_every_mode():
         return j == 1  # something ran that left the machine cold
 
     out = measure_interleaved(
-        lineup, adapter, prompts(2, 0), DecodeSettings(max_new_tokens=3), repeats=2, warmup=1,
+        lineup,
+        adapter,
+        prompts(2, 0),
+        DecodeSettings(max_new_tokens=3),
+        repeats=2,
+        warmup=1,
         between=between,
     )
     # warm-up; samples 0 and 1; after 1 an untimed A B; samples 2 and 3; no re-warm after the last.

@@ -3,8 +3,6 @@ that lm-eval warns about while scoring is never stored as ok (issue: no silent g
 
 from __future__ import annotations
 
-import datasets
-import huggingface_hub
 import pytest
 from eval_data import ROWS, write_jsonl
 
@@ -17,12 +15,7 @@ from earlyexit.model.loading import load_model
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+def offline(hf_offline, monkeypatch):
     monkeypatch.setattr(tasks_module, "_memo", {})
 
 

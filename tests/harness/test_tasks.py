@@ -37,15 +37,8 @@ SHARED_EVAL = {
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
+def offline(hf_offline, monkeypatch):
     """Nothing here may reach the hub; a fresh, empty datasets cache per test; no memoised resolution."""
-    import huggingface_hub
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setattr(tasks_module, "_memo", {})
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import datasets
-import huggingface_hub
 import pytest
 from hub_cache import seed_datasets_cache
 from hydra import compose, initialize_config_dir
@@ -19,13 +17,8 @@ WIKITEXT = "Salesforce/wikitext:wikitext-103-raw-v1"
 
 
 @pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
-    return tmp_path / "datasets-cache"
+def offline(hf_offline):
+    return hf_offline
 
 
 def test_local_text_and_the_stdlib_need_no_network(tmp_path, offline):

@@ -323,7 +323,7 @@ def _predicted(df: pd.DataFrame) -> pd.DataFrame:
 
 def fig_time_breakdown(df: pd.DataFrame) -> Figure:
     """(f) Where the time goes: per run, the predicted ms per output token in each cost category
-    (stacked bar; ``earlyexit.harness.cost_model``) and the measured mean (black diamond). One
+    (stacked bar; ``earlyexit.measure.cost_model``) and the measured mean (black diamond). One
     ``full`` bar per panel: the baseline every run measured beside itself. A bar longer than its
     diamond over-predicts; the gap is what the cost model does not explain."""
     bars = time_breakdown(_predicted(df))

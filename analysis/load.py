@@ -35,7 +35,7 @@ DEFAULT_KV = "fill"
 DEFAULT_HEAD_CHOICE = "all"  # calibration.heads before the key existed: every head
 # Modes whose exits depend on a confidence metric and a calibrated target.
 THRESHOLD_MODES = ("early-exit", "dssd")
-# Where a token's predicted time goes. Mirrors earlyexit.harness.cost_model.CATEGORIES (a test
+# Where a token's predicted time goes. Mirrors earlyexit.measure.cost_model.CATEGORIES (a test
 # checks they agree), copied for the same reason as LOSSLESS_MODES.
 COST_CATEGORIES = (
     "layers_full",

@@ -21,7 +21,7 @@ MODE_MARKERS = {"full": "*", "early-exit": "o", "DSSD": "s", "LayerSkip": "^"}
 METRIC_COLORS = {"entropy": "C0", "margin": "C1", "max-prob": "C2"}
 # One colour per decoding mode where points are coloured by mode (predicted vs measured).
 MODE_COLORS = {"full": "0.2", "early-exit": "C2", "dssd": "C0", "layerskip": "C1"}
-# Cost categories (earlyexit.harness.cost_model): legend text and a colour each, layers in blues
+# Cost categories (earlyexit.measure.cost_model): legend text and a colour each, layers in blues
 # and greens, the overheads outside the layers in warm colours.
 CATEGORY_LABELS = {
     "layers_full": "layers, full-depth tokens",

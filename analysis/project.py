@@ -6,7 +6,7 @@ CUDA graphs) projects what that run would cost there without running it again. A
 a cost model's answer, not a measurement: every column, title and file name here says
 "projected", and nothing here is written into the measured records or ``summary.md``.
 
-Runs are re-priced with ``earlyexit.harness.cost_model.predict``. A profile is only valid for runs
+Runs are re-priced with ``earlyexit.measure.cost_model.predict``. A profile is only valid for runs
 of its own model shape and head architecture (``CostProfile.check_prices``): runs of another are
 skipped and named, and when no run matches the command refuses, naming both sides. Runs recorded
 before pass traces existed are skipped with a note.
@@ -36,9 +36,9 @@ from analysis.load import (
 from analysis.measures import MODE_ORDER
 from analysis.pareto import run_name
 from analysis.summary import SETTING_HEADER, _num, _text, markdown_table, setting_cells
-from earlyexit.harness.cost_model import predict
-from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import EmptyResultsError
+from earlyexit.measure.cost_model import predict
+from earlyexit.measure.profile import CostProfile
 from earlyexit.model.trace import TraceCounts
 
 log = logging.getLogger("analysis.project")
@@ -231,7 +231,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
         f"# Projected time per token on {profile_name(p)}",
         f"Projected, not measured: each run's pass trace from `{source}` priced with the component "
         f"profile `{profile_path}` (model shape `{p.identity.get('model_shape')}`, "
-        f"{p.identity.get('head_architecture')} heads) by `earlyexit.harness.cost_model`. "
+        f"{p.identity.get('head_architecture')} heads) by `earlyexit.measure.cost_model`. "
         "`traced with` is the timing regime the run was recorded in (a graphed run's trace counts "
         "its KV buckets). Measured numbers are in `summary.md`, never here.",
         markdown_table(header, rows),

@@ -217,7 +217,7 @@ def cost_model_section(df: pd.DataFrame) -> str:
     ]
     intro = (
         "Each run's pass trace priced by the component profile measured on its own device "
-        "(`earlyexit.harness.cost_model`), beside its measured mean time per output token; "
+        "(`earlyexit.measure.cost_model`), beside its measured mean time per output token; "
         "error = predicted / measured − 1. The `full` row counts every run's full baseline "
         "(measured beside it) as well as the `full` runs. Target: median abs(error) ≤ 15% per mode. "
         "The time error also carries the machine's drift between the profile's measurement and the "

@@ -3,12 +3,12 @@
     python scripts/benchmark_decoding.py                        # embedded model, its shipped heads
     python scripts/benchmark_decoding.py --random-weights pythia-160m --device cuda --dtype float16
 
-Uses the runner's timing protocol (earlyexit/harness/measure.py): every mode, `full` and
+Uses the runner's timing protocol (earlyexit/measure/protocol.py): every mode, `full` and
 transformers' `generate` interleaved prompt by prompt, speedups against `full` with a paired
 bootstrap 95% interval. Prints and stores (JSON, under benchmarks/results/) time per output
 token, speedups, each mode's time predicted by the cost model beside the measured one, and
 the bandwidth roofline, with machine, dtype and versions; stores the component cost profile
-(earlyexit/harness/profile.py, timed in rounds between the samples so it prices them on the
+(earlyexit/measure/profile.py, timed in rounds between the samples so it prices them on the
 machine they ran on) under benchmarks/profiles/, which `python -m analysis.project` uses to
 project stored runs onto this device. Random-weight Pythia shapes have meaningless
 exits, so only full and layerskip (a fixed pattern whose cost is real) are timed there, plus
@@ -40,12 +40,12 @@ from earlyexit.exits.calibrate import calibrate
 from earlyexit.exits.head_stats import collect_head_stats
 from earlyexit.exits.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.baselines import HFGenerate, hf_layerskip
-from earlyexit.harness.cost_model import DECIDES, predict
-from earlyexit.harness.json_text import dumps_readable
-from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
-from earlyexit.harness.profile import WARMUP_ROUNDS, ProfileRounds, kv_span
-from earlyexit.harness.timing import copy_bandwidth, device_name, environment, synchronize
+from earlyexit.measure.baselines import HFGenerate, hf_layerskip
+from earlyexit.measure.cost_model import DECIDES, predict
+from earlyexit.measure.json_text import dumps_readable
+from earlyexit.measure.profile import WARMUP_ROUNDS, ProfileRounds, kv_span
+from earlyexit.measure.protocol import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
+from earlyexit.measure.timing import copy_bandwidth, device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import KV_STRATEGIES
 from earlyexit.model.graphs import Capture, ReplayCapture, default_capture

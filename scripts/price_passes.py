@@ -31,11 +31,11 @@ from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, FullDecoding, 
 from earlyexit.decoding.base import engine_for
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.cost_model import price
-from earlyexit.harness.json_text import dumps_readable
-from earlyexit.harness.measure import prompt_set
-from earlyexit.harness.profile import DEPTH_RUN, WARMUP_ROUNDS, CostProfile, ProfileRounds, kv_span
-from earlyexit.harness.timing import device_name, environment, synchronize
+from earlyexit.measure.cost_model import price
+from earlyexit.measure.json_text import dumps_readable
+from earlyexit.measure.profile import DEPTH_RUN, WARMUP_ROUNDS, CostProfile, ProfileRounds, kv_span
+from earlyexit.measure.protocol import prompt_set
+from earlyexit.measure.timing import device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
 from earlyexit.model.trace import TraceCounts

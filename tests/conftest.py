@@ -15,7 +15,7 @@ from earlyexit.exits.confidence import should_exit
 from earlyexit.exits.head_stats import collect_head_stats
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.profile import CostProfile
+from earlyexit.measure.profile import CostProfile
 from earlyexit.model.adapter import get_adapter
 
 # The tests' models are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine

@@ -35,8 +35,8 @@ from analysis.project import project
 from analysis.published import CAVEATS, PUBLISHED_CSV, compare, hardware_match, load_published, model_match
 from analysis.summary import write_summary
 from earlyexit.harness import runner
-from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import EmptyResultsError, ResultStore, make_record
+from earlyexit.measure.profile import CostProfile
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT.parent / "shared" / "docs" / "DESIGN.md"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from earlyexit.harness.profile import DEPTH_RUN
+from earlyexit.measure.profile import DEPTH_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 

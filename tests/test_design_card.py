@@ -23,8 +23,8 @@ from transformers import GPTNeoXForCausalLM
 
 from earlyexit.data.paths import shared_data_dir
 from earlyexit.harness.results import ResultStore
-from earlyexit.harness.tasks import PYTHIA_SUITE
 from earlyexit.model.loading import pythia_config, shared_pythia_tokenizer
+from earlyexit.tasks.lm_eval_tasks import PYTHIA_SUITE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

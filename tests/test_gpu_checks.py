@@ -46,7 +46,10 @@ def _repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def _run(repo: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(repo / "scripts" / SCRIPT.name), str(out)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

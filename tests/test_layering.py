@@ -1,4 +1,4 @@
-"""The package layout is the architecture: data <- model <- exits <- decoding <- harness.
+"""The package layout is the architecture: data <- model <- exits <- decoding <- tasks <- measure <- harness.
 
 Each module may import only from its own subpackage or the ones before it; this reads every
 import (top-level and inside functions) from the source, so a lazy upward import fails too.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "earlyexit"
-ORDER = ["data", "model", "exits", "decoding", "harness"]
+ORDER = ["data", "model", "exits", "decoding", "tasks", "measure", "harness"]
 
 
 def _imports(path: Path) -> list[str]:

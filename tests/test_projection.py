@@ -31,10 +31,10 @@ from analysis.load import COST_CATEGORIES, load_results
 from analysis.plotting import NoData
 from analysis.project import ProjectionRefused, project
 from analysis.summary import profile_sources, write_summary
-from earlyexit.harness.cost_model import CATEGORIES
-from earlyexit.harness.profile import FORMAT, CostProfile
 from earlyexit.harness.results import ResultStore, make_record
 from earlyexit.harness.runner import predict_run
+from earlyexit.measure.cost_model import CATEGORIES
+from earlyexit.measure.profile import FORMAT, CostProfile
 from earlyexit.model.trace import TraceCounts
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Where decode time goes, and how well the cost model predicts it
 # Each run's pass trace (what it computed: layers, rows, heads, unembeddings) priced by the
-# component profile measured on its device (`earlyexit.harness.cost_model`), split into cost
+# component profile measured on its device (`earlyexit.measure.cost_model`), split into cost
 # categories and set beside the measured mean time per output token.
 # Same functions as `python -m analysis`; a jupytext "percent" script: open it as a notebook, or
 # run it with plain `python`. Settings: `EARLYEXIT_RESULTS` (default `results/records.jsonl`),

@@ -18,12 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
+from earlyexit.data.keys import artifact_key
 from earlyexit.data.streams import text_fingerprint, token_streams
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.train import TrainConfig, read_checkpoint, train_heads
@@ -66,11 +67,6 @@ def read_or_quarantine(path: Path, read: Callable[[Path], T]) -> T | None:
             ) from err
         quarantine(path, err)
         return None
-
-
-def artifact_key(**identity: Any) -> str:
-    blob = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def find_artifact(cache_dir: str | Path, kind: str, key: str, suffix: str) -> Path | None:

@@ -113,7 +113,7 @@ def make_record(
     error: str | None = None,
     per_head: dict | None = None,
 ) -> dict:
-    """One flat record for one run; ``env`` is ``earlyexit.timing.environment(device, dtype)``."""
+    """One flat record for one run; ``env`` is ``earlyexit.measure.timing.environment(device, dtype)``."""
     if status not in ("ok", "failed"):
         raise ValueError(f"status must be 'ok' or 'failed', got {status!r}")
     record: dict[str, Any] = {

@@ -34,12 +34,12 @@ from earlyexit.exits.heads import HeadSet, HeadSpec, head_cost_ratio, place_head
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
-from earlyexit.harness.cost_model import CATEGORIES, predict
-from earlyexit.harness.head_selection import HEAD_CHOICES, SELECTING_MODES, HeadSelection, select_heads
-from earlyexit.harness.heldout import heldout_agreement
 from earlyexit.harness.loggers import log_run
-from earlyexit.harness.measure import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
-from earlyexit.harness.profile import (
+from earlyexit.harness.report import format_summary
+from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
+from earlyexit.measure.cost_model import CATEGORIES, predict
+from earlyexit.measure.head_selection import HEAD_CHOICES, SELECTING_MODES, HeadSelection, select_heads
+from earlyexit.measure.profile import (
     WARMUP_ROUNDS,
     CostProfile,
     ProfileRounds,
@@ -47,10 +47,8 @@ from earlyexit.harness.profile import (
     measure_profile,
     profile_identity,
 )
-from earlyexit.harness.report import format_summary
-from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
-from earlyexit.harness.timing import device_name, environment
-from earlyexit.harness.training_text import resolve_text_source
+from earlyexit.measure.protocol import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
+from earlyexit.measure.timing import device_name, environment
 from earlyexit.model.adapter import ModelAdapter, get_adapter
 from earlyexit.model.graphs import Capture, default_capture
 from earlyexit.model.loading import (
@@ -65,6 +63,8 @@ from earlyexit.model.loading import (
 )
 from earlyexit.model.runtime import DTYPES, resolve_device, resolve_dtype
 from earlyexit.model.trace import TraceCounts
+from earlyexit.tasks.heldout import heldout_agreement
+from earlyexit.tasks.training_text import resolve_text_source
 
 log = logging.getLogger(__name__)
 PROFILE_ROWS = 8  # the engine's graph row limit; verification passes of longer drafts extrapolate
@@ -121,7 +121,7 @@ def resolve_runtime(cfg: DictConfig) -> DictConfig:
 
 def resolve_tasks_of(cfg: DictConfig) -> list:
     """The run's lm-eval tasks, each resolved to where its data comes from (fails before loading)."""
-    from earlyexit.harness.tasks import validate_tasks  # lm-eval is slow to import: only when needed
+    from earlyexit.tasks.lm_eval_tasks import validate_tasks  # lm-eval is slow to import: only when needed
 
     include = cfg.task.get("include_path")
     include = OmegaConf.to_container(include) if OmegaConf.is_list(include) else include
@@ -307,7 +307,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     log.info("stage 4/5: decoding benchmark")
     strategy = strategy_for(policy)
     prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
-    # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure.py).
+    # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure/protocol.py).
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
     rounds, between, source = None, None, profile_source(cfg)
     if source == "interleaved":  # the profile's rounds between the samples they price
@@ -570,8 +570,8 @@ def accuracy(
     the model's content identity and each task's YAML and data content, not their names.
     Where each task's data came from is recorded as ``task_source.<task>`` / ``task_split.<task>``.
     """
-    from earlyexit.harness.lm_eval_model import EarlyExitLM  # lm-eval is slow to import
-    from earlyexit.harness.tasks import evaluate, task_identity
+    from earlyexit.tasks.lm_eval_model import EarlyExitLM  # lm-eval is slow to import
+    from earlyexit.tasks.lm_eval_tasks import evaluate, task_identity
 
     tasks = tasks if tasks is not None else resolve_tasks_of(cfg)
     limit = cfg.task.limit

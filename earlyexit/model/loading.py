@@ -371,5 +371,5 @@ def _how_to_get(name: str, hub_id: str, reason: str, revision: str | None = None
         f"(older huggingface_hub: `huggingface-cli download {args}`), then copy that machine's "
         f"Hugging Face cache here or point HF_HOME at a copy of it; or download with "
         f"`--local-dir DIR` and pass DIR as the model. The embedded default model ('{DEFAULT_MODEL}') "
-        f"and Pythia shapes with random weights (earlyexit.loading.pythia_config) need no download."
+        f"and Pythia shapes with random weights (earlyexit.model.loading.pythia_config) need no download."
     )

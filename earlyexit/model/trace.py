@@ -7,7 +7,7 @@ recorded: no timer and no device sync inside the decode loop. Under ``engine.kv=
 pass also records the exited token's K/V projections for the layers it skipped
 (``KVProjection``); under ``skip`` a segment's layers attend over different numbers of keys, so
 it records the exact total (``attended``) beside a representative ``kv_len``. ``TraceCounts`` aggregates
-passes into a multiset that prices in one sweep (``earlyexit.harness.cost_model``) and
+passes into a multiset that prices in one sweep (``earlyexit.measure.cost_model``) and
 round-trips through JSON, so a stored run can be re-priced with another device's profile.
 """
 

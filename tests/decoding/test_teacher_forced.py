@@ -12,8 +12,8 @@ import torch
 from conftest import VOCAB, naive_teacher_forced
 
 from earlyexit.decoding.teacher_forced import teacher_forced_exits
-from earlyexit.harness.lm_eval_model import early_exit_logits
 from earlyexit.model.engine import ExitEngine
+from earlyexit.tasks.lm_eval_model import early_exit_logits
 
 
 def sequences(n: int = 6, length: int = 12, seed: int = 3) -> list[torch.Tensor]:

@@ -14,10 +14,10 @@ from conftest import tiny_gpt_neox
 from earlyexit.exits.heads import HeadSpec
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness import artifacts
-from earlyexit.harness.local_tasks import lm_eval_task_yaml
-from earlyexit.harness.stdlib_task import stdlib_task_config
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import load_model
+from earlyexit.tasks.local_tasks import lm_eval_task_yaml
+from earlyexit.tasks.stdlib_task import stdlib_task_config
 
 TCFG = TrainConfig(steps=2, batch_size=2, seq_len=16, warmup=1)
 

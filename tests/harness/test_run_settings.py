@@ -11,9 +11,9 @@ from eval_data import write_suite
 from hydra import compose, initialize_config_dir
 
 from earlyexit.harness import runner
-from earlyexit.harness import tasks as tasks_module
 from earlyexit.harness.runner import record_run, resolve_runtime, validate
-from earlyexit.harness.tasks import TaskNotAvailableError
+from earlyexit.tasks import lm_eval_tasks as tasks_module
+from earlyexit.tasks.lm_eval_tasks import TaskNotAvailableError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

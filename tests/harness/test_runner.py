@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from transformers import GPTNeoXForCausalLM
 
 from earlyexit.exits.calibrate import Calibration
-from earlyexit.harness.cost_model import predict
-from earlyexit.harness.profile import CostProfile
 from earlyexit.harness.results import ResultStore
 from earlyexit.harness.runner import head_layers, validate
+from earlyexit.measure.cost_model import predict
+from earlyexit.measure.profile import CostProfile
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, pythia_config
 from earlyexit.model.trace import TraceCounts
 

@@ -19,7 +19,7 @@ from earlyexit.decoding import (
 )
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.measure import measure_decoding
+from earlyexit.measure.protocol import measure_decoding
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import CudaGraph, GraphCache, ReplayCapture, default_capture, kv_bucket

@@ -32,7 +32,7 @@ import lm_eval
 import yaml
 from lm_eval.tasks import TaskManager
 
-from earlyexit.harness.local_tasks import (
+from earlyexit.tasks.local_tasks import (
     candidate_files,
     lm_eval_task_names,
     lm_eval_task_yaml,
@@ -40,9 +40,9 @@ from earlyexit.harness.local_tasks import (
     scored_split,
     task_config,
 )
-from earlyexit.harness.offline import datasets_offline, is_offline
-from earlyexit.harness.stdlib_task import STDLIB_TASK, stdlib_task_config
-from earlyexit.harness.task_checks import TaskDataError, check_documents, scoring_warnings
+from earlyexit.tasks.offline import datasets_offline, is_offline
+from earlyexit.tasks.stdlib_task import STDLIB_TASK, stdlib_task_config
+from earlyexit.tasks.task_checks import TaskDataError, check_documents, scoring_warnings
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def _three_ways(name: str, dataset: str, data_dir: Path | None, split: str | Non
     split = split or "validation"
     return (
         f"Provide it one of three ways: (a) run it once with network (lm_eval, or "
-        f"`datasets.load_dataset({dataset!r})`) and copy the Hugging Face datasets cache here "
+        f"`datasets.load_dataset({', '.join(map(repr, dataset.split(', ')))})`) and copy the Hugging "
+        "Face datasets cache here "
         f"(HF_HOME / HF_DATASETS_CACHE), then run offline (HF_DATASETS_OFFLINE=1); (b) put "
         f"{where}/{name}_{split}.jsonl (or .parquet) with the columns of {dataset} and pass "
         f"task.data_dir={where}; (c) write your own lm-eval task YAML and pass task.include_path=DIR."

@@ -16,8 +16,8 @@ from conftest import VOCAB, damped_model, quantile_thresholds
 from earlyexit.exits.head_stats import collect_head_stats, exit_shares
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.heldout import heldout_agreement
 from earlyexit.model.adapter import get_adapter
+from earlyexit.tasks.heldout import heldout_agreement
 
 SEQ_LEN, MAX_TOKENS = 32, 256  # eight windows
 

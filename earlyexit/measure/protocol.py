@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy, engine_for
 from earlyexit.decoding.base import demo_acceptance, kv_of
 from earlyexit.exits.heads import HeadSet
-from earlyexit.harness.profile import ProfileRounds
+from earlyexit.measure.profile import ProfileRounds
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.graphs import Capture, GraphCache

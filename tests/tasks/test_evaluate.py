@@ -17,12 +17,12 @@ from earlyexit.data.paths import shared_data_dir
 from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, engine_for
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.lm_eval_model import EarlyExitLM, early_exit_logits
-from earlyexit.harness.stdlib_task import stdlib_lambada_examples
-from earlyexit.harness.tasks import STDLIB_TASK, evaluate
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
+from earlyexit.tasks.lm_eval_model import EarlyExitLM, early_exit_logits
+from earlyexit.tasks.lm_eval_tasks import STDLIB_TASK, evaluate
+from earlyexit.tasks.stdlib_task import stdlib_lambada_examples
 
 INF = float("inf")
 

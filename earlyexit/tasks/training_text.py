@@ -14,7 +14,7 @@ from pathlib import Path
 
 from earlyexit.data.paths import shared_data_dir
 from earlyexit.data.streams import TEXT_SUFFIXES, looks_like_path
-from earlyexit.harness.offline import datasets_offline, is_offline
+from earlyexit.tasks.offline import datasets_offline, is_offline
 
 __all__ = ["TEXT_SOURCES", "TextSourceNotAvailableError", "resolve_text_source"]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from eval_data import ROWS, write_jsonl
 
-from earlyexit.harness import tasks as tasks_module
-from earlyexit.harness.lm_eval_model import EarlyExitLM
-from earlyexit.harness.task_checks import TaskDataError, check_documents, expected_fields
-from earlyexit.harness.tasks import evaluate, resolve_tasks
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import load_model
+from earlyexit.tasks import lm_eval_tasks as tasks_module
+from earlyexit.tasks.lm_eval_model import EarlyExitLM
+from earlyexit.tasks.lm_eval_tasks import evaluate, resolve_tasks
+from earlyexit.tasks.task_checks import TaskDataError, check_documents, expected_fields
 
 
 @pytest.fixture(autouse=True)

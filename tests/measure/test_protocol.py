@@ -12,7 +12,7 @@ from conftest import damped_model, prompts
 from earlyexit.decoding import DecodeSettings, DecodeStats, DSSDDecoding, FullDecoding
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.measure import Measured, interleaved_rounds, measure_interleaved, speedup_interval
+from earlyexit.measure.protocol import Measured, interleaved_rounds, measure_interleaved, speedup_interval
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
 

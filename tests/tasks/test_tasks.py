@@ -15,18 +15,18 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from earlyexit.data.paths import shared_data_dir
-from earlyexit.harness import tasks as tasks_module
-from earlyexit.harness.lm_eval_model import EarlyExitLM
-from earlyexit.harness.local_tasks import lm_eval_task_yaml
-from earlyexit.harness.tasks import (
+from earlyexit.model.adapter import get_adapter
+from earlyexit.model.loading import load_model
+from earlyexit.tasks import lm_eval_tasks as tasks_module
+from earlyexit.tasks.lm_eval_model import EarlyExitLM
+from earlyexit.tasks.lm_eval_tasks import (
     PYTHIA_SUITE,
     TaskNotAvailableError,
     evaluate,
     resolve_tasks,
     task_identity,
 )
-from earlyexit.model.adapter import get_adapter
-from earlyexit.model.loading import load_model
+from earlyexit.tasks.local_tasks import lm_eval_task_yaml
 
 SHARED_EVAL = {
     "lambada_openai": "test",
@@ -226,6 +226,7 @@ def test_a_task_no_source_provides_names_what_was_looked_for_and_three_ways(tmp_
         "allenai/winogrande, winogrande_xl" in message and str(datasets.config.HF_DATASETS_CACHE) in message
     )
     assert "winogrande_validation.jsonl, winogrande_validation.parquet" in message
+    assert "load_dataset('allenai/winogrande', 'winogrande_xl')" in message  # runnable as printed
     assert (
         "(a)" in message
         and "(b)" in message

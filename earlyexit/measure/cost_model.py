@@ -2,7 +2,7 @@
 
 Why: a measured speedup alone cannot say whether a method is slow or its implementation is;
 pricing what was computed (``earlyexit.model.trace``) with what each piece costs
-(``earlyexit.harness.profile``) splits the time into parts, and a prediction that misses the
+(``earlyexit.measure.profile``) splits the time into parts, and a prediction that misses the
 measurement says which part the model does not explain. The same trace priced with another
 device's profile is a projection (``python -m analysis.project``), never a measurement.
 
@@ -26,7 +26,7 @@ makes later drafts of a run, and a verification's layers below the exit, cheaper
 
 from __future__ import annotations
 
-from earlyexit.harness.profile import CostProfile
+from earlyexit.measure.profile import CostProfile
 from earlyexit.model.trace import TraceCounts
 
 CATEGORIES = (

@@ -10,9 +10,9 @@ from conftest import damped_model, hand_profile, prompts, quantile_thresholds
 
 from earlyexit.decoding import DecodeSettings, make_strategy
 from earlyexit.exits.heads import HeadSet, HeadSpec
-from earlyexit.harness.cost_model import predict
-from earlyexit.harness.head_selection import HeadSelection, Step, backward_elimination, kept, select_heads
-from earlyexit.harness.measure import measure_decoding
+from earlyexit.measure.cost_model import predict
+from earlyexit.measure.head_selection import HeadSelection, Step, backward_elimination, kept, select_heads
+from earlyexit.measure.protocol import measure_decoding
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.trace import TraceCounts
 

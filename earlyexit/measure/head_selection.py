@@ -5,7 +5,7 @@ calibrated threshold says nothing about cost. At a high target a head may fire s
 its matmul and decision cost more than its exits save; DSSD then runs slower than `full`
 while doing `full`'s layer work. With ``calibration.heads=priced`` the runner decodes a few
 calibration prompts (never the benchmark's held-out prompts) with subsets of the heads, prices
-each subset's pass trace with the device's cost profile (``earlyexit.harness.cost_model``) and
+each subset's pass trace with the device's cost profile (``earlyexit.measure.cost_model``) and
 keeps the subset with the lowest priced time per token. Decoding is deterministic and pricing
 needs no clock, so the choice does not depend on timing noise, only on the profile.
 
@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from earlyexit.decoding import DecodeSettings, Strategy
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.cost_model import predict
-from earlyexit.harness.measure import measure_decoding
-from earlyexit.harness.profile import CostProfile
+from earlyexit.measure.cost_model import predict
+from earlyexit.measure.profile import CostProfile
+from earlyexit.measure.protocol import measure_decoding
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.graphs import Capture
 from earlyexit.model.trace import TraceCounts

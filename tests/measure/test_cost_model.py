@@ -9,8 +9,8 @@ import pytest
 from conftest import damped_model, hand_profile
 
 from earlyexit.exits.heads import HeadSet, HeadSpec
-from earlyexit.harness.cost_model import CATEGORIES, predict, price
-from earlyexit.harness.profile import (
+from earlyexit.measure.cost_model import CATEGORIES, predict, price
+from earlyexit.measure.profile import (
     DEPTH_RUN,
     CostProfile,
     ProfileRounds,

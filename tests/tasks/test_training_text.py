@@ -9,9 +9,9 @@ import pytest
 from hub_cache import seed_datasets_cache
 from hydra import compose, initialize_config_dir
 
-from earlyexit.harness import offline as offline_module
 from earlyexit.harness import runner
-from earlyexit.harness.training_text import TextSourceNotAvailableError, resolve_text_source
+from earlyexit.tasks import offline as offline_module
+from earlyexit.tasks.training_text import TextSourceNotAvailableError, resolve_text_source
 
 WIKITEXT = "Salesforce/wikitext:wikitext-103-raw-v1"
 

@@ -1,6 +1,6 @@
 """Component cost profile: what each piece of a decode pass costs on this device, measured.
 
-The cost model (``earlyexit.harness.cost_model``) prices a run's pass trace with these numbers,
+The cost model (``earlyexit.measure.cost_model``) prices a run's pass trace with these numbers,
 so a run's time per token is explained part by part and can be predicted on another device
 from that device's profile. Measured per device x dtype x model shape x head architecture x
 graphs on/off (``profile_identity``); stored as JSON. The runner times it between its own
@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from earlyexit.data.keys import artifact_key
 from earlyexit.decoding import DecodeSettings
 from earlyexit.decoding.base import Run, greedy
 from earlyexit.exits.confidence import METRICS
 from earlyexit.exits.heads import HeadSet
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.harness.artifacts import artifact_key
-from earlyexit.harness.json_text import dumps_readable
+from earlyexit.measure.json_text import dumps_readable
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from earlyexit.harness.json_text import dumps_readable
+from earlyexit.measure.json_text import dumps_readable
 
 
 def test_reads_back_equal_with_number_lists_on_one_line():

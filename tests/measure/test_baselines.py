@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_gpt_neox, tiny_llama
 
 from earlyexit.decoding import DecodeSettings, FullDecoding
-from earlyexit.harness.baselines import hf_generate, hf_layerskip
+from earlyexit.measure.baselines import hf_generate, hf_layerskip
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.engine import ExitEngine
 

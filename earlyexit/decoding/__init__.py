@@ -9,6 +9,7 @@ from earlyexit.decoding.early_exit import EarlyExitDecoding
 from earlyexit.decoding.factory import LOSSLESS, MODES, check_mode, make_strategy
 from earlyexit.decoding.full import FullDecoding
 from earlyexit.decoding.layerskip import LayerSkipDecoding
+from earlyexit.decoding.stops import Stop, StopCheck
 
 __all__ = [
     "LOSSLESS",
@@ -22,6 +23,8 @@ __all__ = [
     "EarlyExitDecoding",
     "FullDecoding",
     "LayerSkipDecoding",
+    "Stop",
+    "StopCheck",
     "Strategy",
     "engine_for",
 ]

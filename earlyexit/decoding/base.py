@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from earlyexit.decoding.stops import StopCheck
 from earlyexit.exits.heads import HeadSet
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.device import synchronize
@@ -24,6 +25,7 @@ from earlyexit.model.trace import PassTrace, TraceCounts
 class DecodeSettings:
     max_new_tokens: int = 64
     eos_token_id: int | None = None  # stop after emitting it (it is included in the output)
+    stop: StopCheck | None = None  # stop strings/patterns, checked as each token is emitted
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Run:
         # Tokens may be generated until the sequence fills the context.
         self.budget = min(settings.max_new_tokens, engine.max_len - prompt.numel())
         self.ids: list[int] = []
+        self.stopped = False  # a stop string or pattern was emitted
         self.stats = DecodeStats()
         # (exit layer, trace) per decode pass, aggregated in finish(), after the clock stops:
         # statistics are the harness's bookkeeping, not the decoding's cost.
@@ -181,19 +184,26 @@ class Run:
     @property
     def done(self) -> bool:
         eos = self.settings.eos_token_id
-        return len(self.ids) >= self.budget or (eos is not None and bool(self.ids) and self.ids[-1] == eos)
+        return (
+            self.stopped
+            or len(self.ids) >= self.budget
+            or (eos is not None and bool(self.ids) and self.ids[-1] == eos)
+        )
 
     @property
     def remaining(self) -> int:
         return self.budget - len(self.ids)
 
     def emit(self, tokens: list[int]) -> None:
-        """Append tokens, stopping at EOS or the budget."""
+        """Append tokens, stopping at EOS, the budget or a stop string (the rest are dropped)."""
         first = not self.ids
+        stop = self.settings.stop
         for tok in tokens:
             if self.done:
                 break
             self.ids.append(int(tok))
+            if stop is not None and stop.hit(self.ids):
+                self.stopped = True
         if first and self.ids:
             self.stats.ttft_s = self._now() - self._start
 

@@ -25,7 +25,15 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, FullDecoding, Strategy, engine_for
+from earlyexit.decoding import (
+    DecodeSettings,
+    EarlyExitDecoding,
+    FullDecoding,
+    Stop,
+    StopCheck,
+    Strategy,
+    engine_for,
+)
 from earlyexit.decoding.base import kv_of
 from earlyexit.decoding.teacher_forced import teacher_forced_exits
 from earlyexit.exits.confidence import should_exit
@@ -254,10 +262,11 @@ class EarlyExitLM(TemplateLM):
         return totals
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        """Greedy generation with the exit policy, cut at the first ``until`` string.
+        """Greedy generation with the exit policy, ending at the first ``until`` string.
 
-        The decoding strategies have no stop-string hook, so each request generates up to
-        ``max_gen_toks`` tokens (or EOS) and the text is cut afterwards; the output is the same.
+        The stop strings are checked inside the decoding as each token is emitted (the same
+        `StopCheck` the timed workloads use), so no token past the stop is generated; the text is
+        the output before its first stop, as lm-eval cuts it.
         """
         strategy = self._strategy()
         engine = self._get_engine(strategy)
@@ -270,17 +279,14 @@ class EarlyExitLM(TemplateLM):
             if max_ctx < 1:
                 raise ValueError(f"max_gen_toks={max_gen} leaves no room in max_length={self.max_length}")
             ids = self.tok_encode(context)[-max_ctx:] or [self.prefix_token_id]
+            stop = StopCheck(Stop(tuple(until)), self.tok_decode)
             result = strategy.generate(
                 engine,
                 torch.tensor(ids),
-                DecodeSettings(max_new_tokens=max_gen, eos_token_id=self.eot_token_id),
+                DecodeSettings(max_new_tokens=max_gen, eos_token_id=self.eot_token_id, stop=stop),
             )
             self._count_generation(result)
-            tokens = [t for t in result.ids if t != self.eot_token_id]
-            text = self.tok_decode(tokens)
-            for stop in until:
-                if stop:
-                    text = text.split(stop)[0]
+            text = stop.text([t for t in result.ids if t != self.eot_token_id])
             outputs.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return outputs

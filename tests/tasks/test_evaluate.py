@@ -14,7 +14,7 @@ from lm_eval.api.instance import Instance
 from torch.nn import functional as F
 
 from earlyexit.data.paths import shared_data_dir
-from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, engine_for
+from earlyexit.decoding import DecodeSettings, EarlyExitDecoding, FullDecoding, engine_for
 from earlyexit.exits.heads import HeadSet, HeadSpec
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.model.adapter import get_adapter
@@ -205,8 +205,21 @@ def test_generate_until_respects_until_and_max_gen_toks(embedded):
     (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 24})])
     assert 0 < lm.positions <= 24 and len(free) >= 4
     stop = free[len(free) // 2 : len(free) // 2 + 2]
+    before = lm.positions
     (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 24})])
     assert cut == free.split(stop)[0] and stop not in cut
+    # The stop is checked as tokens are emitted: nothing past the token that completed it is generated.
+    full = (
+        FullDecoding()
+        .generate(
+            engine_for(FullDecoding(), adapter),
+            torch.tensor(lm.tok_encode(prompt)),
+            DecodeSettings(max_new_tokens=24, eos_token_id=lm.eot_token_id),
+        )
+        .ids
+    )
+    first = next(k for k in range(1, len(full) + 1) if stop in lm.tok_decode(full[:k]))
+    assert lm.positions - before == first < 24
 
     # With exits: same interface, heads fire, output is still text.
     heads = HeadSet(adapter, HeadSpec("shared", (3,)))

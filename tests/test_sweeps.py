@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -32,6 +33,7 @@ with warnings.catch_warnings():  # sweeps 0.3 still uses a pydantic v1 class Con
 
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
+from earlyexit.harness import runner
 from earlyexit.harness.runner import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +104,10 @@ def key_problems(sweep: SweepConfig, params: dict[str, Any]) -> list[str]:
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT
     ]
     try:
-        validate(cfg)
+        # Agents need network (W&B), so the hub serves Pythia's training text there; offline text
+        # resolution has its own tests (tests/tasks/test_training_text.py).
+        with mock.patch.object(runner, "resolve_text_source", return_value="hub"):
+            validate(cfg)
     except ValueError as err:
         problems.append(f"validate: {err}")
     return problems

@@ -130,3 +130,12 @@ def token_streams(
         train, rest = stream[:cut], stream[cut:]
     half = len(rest) // 2
     return train, rest[:half], rest[half:]
+
+
+def seeded_windows(stream: torch.Tensor, n: int, length: int, seed: int) -> list[torch.Tensor]:
+    """`n` seeded windows of `length` tokens from a stream (the held-out benchmark's prompts)."""
+    if len(stream) <= length:
+        raise ValueError(f"held-out stream of {len(stream)} tokens is too short for {length}-token prompts")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - length, (n,), generator=gen).tolist()
+    return [stream[s : s + length] for s in starts]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
+
+NAN = float("nan")
 
 
 def format_summary(summary: dict) -> str:
@@ -48,6 +52,8 @@ def format_summary(summary: dict) -> str:
         f"{m.get('speedup_ci_high', nan):.3f}, {m.get('timing_samples', 0)} interleaved samples]{noise}   "
         f"FLOPs ratio {m.get('flops_ratio', nan):.3f}   acceptance {m.get('acceptance_rate', nan):.3f}"
     )
+    if m.get("workloads"):
+        lines += ["", _workloads(m)]
     if "predicted_tpot_ms" in m:
         lines += ["", _breakdown(m)]
     if m.get("heads_selection"):
@@ -59,6 +65,40 @@ def format_summary(summary: dict) -> str:
         lines += ["", "accuracy (early-exit model vs full, lm-eval):"]
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(acc.items())]
     return "\n".join(lines)
+
+
+def _interval(m: dict, key: str) -> str:
+    return f"{m.get(key, NAN):.3f}x [{m.get(key + '_ci_low', NAN):.3f}-{m.get(key + '_ci_high', NAN):.3f}]"
+
+
+def _workloads(m: dict) -> str:
+    """Per workload: speed and quality measured on the same generations (the Spec-Bench view)."""
+    names = json.loads(m["workloads"]) if isinstance(m["workloads"], str) else list(m["workloads"])
+    rows = []
+    for name in [*names, "overall"]:
+        w = {k[len(f"workload.{name}.") :]: v for k, v in m.items() if k.startswith(f"workload.{name}.")}
+        quality = [
+            f"{k[8:]} {v:.3f} (full {w[f'quality_full.{k[8:]}']:.3f}, delta "
+            f"[{w[f'quality_delta_ci_low.{k[8:]}']:+.3f}, {w[f'quality_delta_ci_high.{k[8:]}']:+.3f}])"
+            for k, v in w.items()
+            if k.startswith("quality.")
+        ]
+        rows.append(
+            {
+                "workload": name,
+                "prompts": w.get("prompts", sum(m.get(f"workload.{n}.prompts", 0) for n in names)),
+                "speedup [95% CI]": _interval(w, "speedup"),
+                "decode speedup": f"{w.get('decode_speedup', NAN):.3f}x",
+                "tok/pass": f"{w.get('mean_accepted_tokens', NAN):.2f}",
+                "same as full": w.get("outputs_equal_full"),
+                "quality": "; ".join(quality) or "—",
+            }
+        )
+    table = pd.DataFrame(rows).set_index("workload").to_string()
+    return (
+        "workloads (speed and quality on the same generations; speedup = tokens/s with the prefill, "
+        "paired 95% CI; tok/pass = tokens per full-depth pass):\n" + table
+    )
 
 
 def _breakdown(m: dict) -> str:

@@ -8,11 +8,13 @@ sweep over metric, target or mode never retrains. A finished config is skipped u
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from earlyexit.exits.calibrate import (
     validate_targets,
 )
 from earlyexit.exits.confidence import get_metric
-from earlyexit.exits.head_stats import collect_head_stats, exit_shares
+from earlyexit.exits.head_stats import HeadStats, collect_head_stats, exit_shares
 from earlyexit.exits.heads import HeadSet, HeadSpec, head_cost_ratio, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
@@ -47,8 +49,9 @@ from earlyexit.measure.profile import (
     measure_profile,
     profile_identity,
 )
-from earlyexit.measure.protocol import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
+from earlyexit.measure.protocol import Measured, interleaved_rounds, prompt_set, speedup_interval
 from earlyexit.measure.timing import device_name, environment
+from earlyexit.measure.workloads import WorkloadResult, measure_workload, overall_metrics, workload_metrics
 from earlyexit.model.adapter import ModelAdapter, get_adapter
 from earlyexit.model.graphs import Capture, default_capture
 from earlyexit.model.loading import (
@@ -65,6 +68,8 @@ from earlyexit.model.runtime import DTYPES, resolve_device, resolve_dtype
 from earlyexit.model.trace import TraceCounts
 from earlyexit.tasks.heldout import heldout_agreement
 from earlyexit.tasks.training_text import resolve_text_source
+from earlyexit.tasks.workload import Workload
+from earlyexit.tasks.workloads import build_workloads, check_workloads
 
 log = logging.getLogger(__name__)
 PROFILE_ROWS = 8  # the engine's graph row limit; verification passes of longer drafts extrapolate
@@ -172,6 +177,11 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"bench.cuda_graphs=true with device={cfg.device}: {err}") from None
     if cfg.task.names:
         resolve_tasks_of(cfg)
+    for key in ("limit", "gen_cap"):
+        if OmegaConf.select(cfg, f"bench.{key}") is not None:
+            _positive(cfg, f"bench.{key}")
+    workloads = OmegaConf.select(cfg, "bench.workloads", default=["heldout"])
+    check_workloads(list(workloads), OmegaConf.to_container(cfg.task, resolve=True))
     # Placement names and counts are checked even when the layer count is not known offline
     # (a hub model not loaded yet); layer bounds are checked whenever it is.
     num_layers = known_num_layers(cfg.model.name)
@@ -239,13 +249,81 @@ def _refused(cfg: DictConfig, requested: dict, err: ValueError) -> None:
     log.error("job refused before loading: %s", error)
 
 
+@dataclass
+class Loaded:
+    """Stage 1: the model, its heads, and the token streams the heads were trained and checked on."""
+
+    adapter: ModelAdapter
+    tokenizer: Any
+    model_id: dict
+    heads: HeadSet
+    heads_key: str
+    calib: torch.Tensor
+    heldout: torch.Tensor
+    seq_len: int
+
+
+@dataclass
+class Calibrated:
+    """Stage 2: thresholds for the run's target (heads possibly pruned) and the held-out statistics."""
+
+    cal: Calibration
+    held: HeadStats
+    thresholds: dict[int, float]
+    policy: ThresholdPolicy
+    selection: HeadSelection | None
+    shares: list[dict]
+    identity: dict
+
+
+@dataclass
+class Benchmarked:
+    """Stage 4: every workload timed (full first, then the mode) and the profile that prices it."""
+
+    results: list[WorkloadResult]
+    profile: CostProfile
+    source: str
+    rounds: int
+
+    @property
+    def primary(self) -> list[Measured]:
+        """The first workload's measurement: the one the cost profile's rounds ran between."""
+        return self.results[0].measured
+
+
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Heads, calibration, accuracy, decoding benchmark and FLOPs for one config; prints a summary."""
     cfg = resolve_runtime(cfg)
     validate(cfg)
     tasks = resolve_tasks_of(cfg) if cfg.task.names else []  # resolved by validate: reused, not redone
     torch.manual_seed(cfg.seed)
+    graphs = default_capture(cfg.device) if cfg.bench.get("cuda_graphs") else None  # mode and full alike
     log.info("stage 1/5: model and heads")
+    loaded = load_stage(cfg)
+    log.info("stage 2/5: calibration")
+    calibrated = calibration_stage(cfg, loaded, graphs)
+    log.info("stage 3/5: accuracy")
+    metrics: dict[str, Any] = {}
+    if tasks:
+        a, policy = loaded, calibrated.policy
+        metrics.update(accuracy(cfg, a.adapter, a.tokenizer, policy, a.heads_key, tasks, a.model_id))
+    log.info("stage 4/5: decoding benchmark")
+    bench = benchmark_stage(cfg, loaded, calibrated, graphs)
+    log.info("stage 5/5: FLOPs, cost model and record")
+    metrics.update(bench_metrics(cfg, loaded, calibrated, bench))
+    summary = run_summary(cfg, loaded, calibrated, bench, metrics)
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        calibrated.cal.save(out / "calibration.json")
+        bench.profile.save(out / "profile.json")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(format_summary(summary))
+    return summary
+
+
+def load_stage(cfg: DictConfig) -> Loaded:
+    """The model, the token streams of its training text, and its heads (trained once, cached)."""
     revision = cfg.model.get("revision")
     model, tokenizer = load_model(
         cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device, revision=revision
@@ -260,131 +338,196 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     data_id = {"text": text, "heldout_fraction": fraction}
     about = {"model": cfg.model.name, "source": source}
     heads, heads_key = prepare_heads(adapter, spec, tcfg, data_id, train, cfg.cache_dir, model_id, about)
+    return Loaded(adapter, tokenizer, model_id, heads, heads_key, calib, heldout, tcfg.seq_len)
 
-    log.info("stage 2/5: calibration")
+
+def strategy_for(cfg: DictConfig, heads: HeadSet, policy: ThresholdPolicy | None) -> Strategy:
+    """The run's mode with ``policy`` (None: `full`)."""
+    if policy is None:
+        return make_strategy("full")
+    mode = cfg.mode
+    return make_strategy(
+        mode.name, heads, policy, mode.get("exit_layer"), mode.get("draft_length", 4),
+        mode.get("max_draft", 5), kv_strategy(cfg),
+    )  # fmt: skip
+
+
+def calibration_stage(cfg: DictConfig, loaded: Loaded, graphs: Capture | None) -> Calibrated:
+    """Per-head thresholds for every target (cached), the run's thresholds (heads chosen by priced
+    time where asked), and the held-out statistics the summary reports."""
+    adapter, heads, calib = loaded.adapter, loaded.heads, loaded.calib
     metric, target = cfg.metric.name, float(cfg.calibration.target)
     targets = calibration_targets(cfg)
-    seq_len, max_tokens = tcfg.seq_len, cfg.calibration.max_tokens
-    cal_identity = {"heads": heads_key, "metric": metric, "targets": targets, "max_tokens": max_tokens}
+    max_tokens = cfg.calibration.max_tokens
+    identity = {"heads": loaded.heads_key, "metric": metric, "targets": targets, "max_tokens": max_tokens}
 
     def compute_calibration() -> dict:
         stats = collect_head_stats(
-            adapter, heads, calib, seq_len, max_tokens, metrics=(metric,), desc="calibration"
+            adapter, heads, calib, loaded.seq_len, max_tokens, metrics=(metric,), desc="calibration"
         )
         return calibrate(stats.scores[metric], stats.agree, metric, targets).to_json()
 
-    cal = Calibration.from_json(cached_json(cfg.cache_dir, "calibration", cal_identity, compute_calibration))
-    held = collect_head_stats(adapter, heads, heldout, seq_len, max_tokens, desc="held-out")
+    cal = Calibration.from_json(cached_json(cfg.cache_dir, "calibration", identity, compute_calibration))
+    held = collect_head_stats(adapter, heads, loaded.heldout, loaded.seq_len, max_tokens, desc="held-out")
     thresholds = cal.thresholds_for(target)
-    b = cfg.bench
-    settings = DecodeSettings(max_new_tokens=b.max_new_tokens)
-    graphs = default_capture(cfg.device) if b.get("cuda_graphs") else None  # mode and full alike
-
-    def strategy_for(policy: ThresholdPolicy | None):
-        if policy is None:
-            return make_strategy("full")
-        mode = cfg.mode
-        return make_strategy(
-            mode.name, heads, policy, mode.get("exit_layer"), mode.get("draft_length", 4),
-            mode.get("max_draft", 5), kv_strategy(cfg),
-        )  # fmt: skip
-
     selection = None
     if head_choice(cfg) == "priced" and cfg.mode.name in SELECTING_MODES:
-        selection = choose_heads(
-            cfg, adapter, heads, thresholds, strategy_for, calib, settings, graphs, cal_identity
-        )
+        settings = DecodeSettings(max_new_tokens=cfg.bench.max_new_tokens)
+        make = functools.partial(strategy_for, cfg, heads)
+        selection = choose_heads(cfg, adapter, heads, thresholds, make, calib, settings, graphs, identity)
         thresholds = selection.thresholds
         log.info("%s", selection.describe())
     policy = ThresholdPolicy(heads, metric, thresholds)
     shares = [{"target": t, **exit_shares(held, metric, cal.thresholds_for(t))} for t in targets]
+    return Calibrated(cal, held, thresholds, policy, selection, shares, identity)
 
-    log.info("stage 3/5: accuracy")
-    metrics: dict[str, Any] = {}
-    if tasks:
-        metrics.update(accuracy(cfg, adapter, tokenizer, policy, heads_key, tasks, model_id))
 
-    log.info("stage 4/5: decoding benchmark")
-    strategy = strategy_for(policy)
-    prompts = prompt_set(heldout, b.prompts, b.prompt_len, cfg.seed)
-    # One protocol for every run: `full` and the mode interleaved prompt by prompt (measure/protocol.py).
+def run_workloads(cfg: DictConfig, loaded: Loaded) -> list[Workload]:
+    """``bench.workloads``, ``bench.limit`` prompts each (default ``bench.prompts``)."""
+    b = cfg.bench
+    limit = b.get("limit") or b.prompts
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    return build_workloads(
+        list(b.get("workloads") or ["heldout"]), loaded.tokenizer, loaded.heldout, int(limit),
+        b.prompt_len, b.max_new_tokens, loaded.adapter.max_positions, cfg.seed,
+        heldout_domain=f"held-out {cfg.data.source} text", context_tokens=b.get("context_tokens", 128),
+        gen_cap=b.get("gen_cap"), task=task,
+    )  # fmt: skip
+
+
+def benchmark_stage(
+    cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, graphs: Capture | None
+) -> Benchmarked:
+    """`full` and the mode interleaved prompt by prompt on every workload (measure/protocol.py); the
+    cost profile's rounds run between the first workload's samples, or come from the cache."""
+    b, adapter, heads = cfg.bench, loaded.adapter, loaded.heads
+    workloads = run_workloads(cfg, loaded)
+    strategy = strategy_for(cfg, heads, calibrated.policy)
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
     rounds, between, source = None, None, profile_source(cfg)
     if source == "interleaved":  # the profile's rounds between the samples they price
         kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
         rounds = ProfileRounds(adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name)
         rounds.run(WARMUP_ROUNDS, timed=False)
-        samples = b.repeats * len(prompts)
+        samples = b.repeats * len(workloads[0].prompts)
         between = interleaved_rounds(rounds, samples, b.profile_repeats, blocks=b.repeats, progress=True)
-    measured = measure_interleaved(
-        lineup, adapter, prompts, settings, b.repeats, b.warmup, True, graphs, between
-    )
-    full_ids, full = measured[0].ids, measured[0].summary()
-    ids, mode = measured[-1].ids, measured[-1].summary()
-    if cfg.mode.name == "full":  # the baseline is the run: measured once, its speedup is 1 by definition
-        comparison = {"speedup": 1.0, "speedup_ci_low": 1.0, "speedup_ci_high": 1.0, "within_noise": True}
-        comparison["timing_samples"] = len(measured[0].samples)
-    else:
-        comparison = speedup_interval(measured[0], measured[1], seed=cfg.seed)
-
-    log.info("stage 5/5: FLOPs, cost model and record")
+    decode, eos = loaded.tokenizer.decode, loaded.tokenizer.eos_token_id
+    results = []
+    for i, workload in enumerate(workloads):
+        hook = between if i == 0 else None
+        results.append(
+            measure_workload(lineup, adapter, workload, decode, eos, b.repeats, b.warmup, True, graphs, hook)
+        )
     if rounds is not None:
         profile = rounds.result()
         log.info("%s", profile.describe())
     else:
         profile = cost_profile(cfg, adapter, heads, graphs)
-    prediction = predict_run(profile, cfg.mode.name, metric, mode, full)
-    metrics.update({k: v for k, v in mode.items() if k not in ("exit_histogram", "trace")})
-    metrics.update(
-        {
-            f"full_{k}": v
-            for k, v in full.items()
-            if k not in ("exit_histogram", "prompts", "repeats", "trace")
-        }
-    )
+    used = rounds.rounds if rounds is not None else b.profile_repeats
+    return Benchmarked(results, profile, source, used)
+
+
+def _lossless_check(cfg: DictConfig, result: WorkloadResult) -> None:
+    """A lossless mode whose outputs differ from full's in float32/64 is a bug, not a result."""
+    base, mine = result.measured[0], result.measured[-1]
+    if cfg.mode.name not in LOSSLESS or mine.ids == base.ids:
+        return
+    bad = next(i for i, (a, c) in enumerate(zip(base.ids, mine.ids, strict=True)) if a != c)
+    where = f"{result.workload.name} prompt {bad}"
+    message = f"{cfg.mode.name} is lossless but its output differs from full's on {where}"
+    if cfg.model.dtype in ("float32", "float64"):
+        raise RuntimeError(message)
+    log.warning("%s (half precision: a near-tie may part them; README, Decoding modes)", message)
+
+
+def workload_record(cfg: DictConfig, bench: Benchmarked, num_layers: int) -> dict[str, Any]:
+    """``workloads`` and ``workload.<name>.*`` (and ``workload.overall.*``) for the record."""
+    out: dict[str, Any] = {"workloads": [r.workload.name for r in bench.results]}
+    for result in bench.results:
+        _lossless_check(cfg, result)
+        fields = workload_metrics(result, cfg.mode.name, num_layers, seed=cfg.seed)
+        out.update({f"workload.{result.workload.name}.{k}": v for k, v in fields.items()})
+    overall = overall_metrics(bench.results, cfg.mode.name, num_layers, seed=cfg.seed)
+    out.update({f"workload.overall.{k}": v for k, v in overall.items()})
+    return out
+
+
+def bench_metrics(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench: Benchmarked) -> dict:
+    """Stage 5: the record's timing, prediction, FLOPs and held-out numbers."""
+    adapter, policy, metric = loaded.adapter, calibrated.policy, cfg.metric.name
+    full_m, mode_m = bench.primary[0], bench.primary[-1]
+    full, mode = full_m.summary(), mode_m.summary()
+    if cfg.mode.name == "full":  # the baseline is the run: measured once, its speedup is 1 by definition
+        comparison = {"speedup": 1.0, "speedup_ci_low": 1.0, "speedup_ci_high": 1.0, "within_noise": True}
+        comparison["timing_samples"] = len(full_m.samples)
+    else:
+        comparison = speedup_interval(full_m, mode_m, seed=cfg.seed)
+    metrics: dict[str, Any] = {k: v for k, v in mode.items() if k not in ("exit_histogram", "trace")}
+    skip = ("exit_histogram", "prompts", "repeats", "trace")
+    metrics.update({f"full_{k}": v for k, v in full.items() if k not in skip})
     metrics.update(comparison)
-    metrics.update(prediction)
-    metrics["profile_source"] = source
+    metrics.update(predict_run(bench.profile, cfg.mode.name, metric, mode, full))
+    metrics["profile_source"] = bench.source
     if cfg.mode.name in SELECTING_MODES:
         metrics["heads_choice"] = head_choice(cfg)
         metrics["heads_kept"] = list(policy.exit_layers)  # heads that can fire: calibrated and chosen
-    if selection is not None:
-        metrics["heads_selection"] = selection.to_json()
-    metrics["profile_rounds"] = rounds.rounds if rounds is not None else b.profile_repeats
-    metrics["profile"] = profile.to_json()  # the record prices again on its own (a few KB)
+    if calibrated.selection is not None:
+        metrics["heads_selection"] = calibrated.selection.to_json()
+    metrics["profile_rounds"] = bench.rounds
+    metrics["profile"] = bench.profile.to_json()  # the record prices again on its own (a few KB)
     metrics["trace"] = mode["trace"]
     metrics["full_trace"] = full["trace"]
     metrics["flops_ratio"] = mode["flops_per_token"] / full["flops_per_token"]
     metrics["flops_saved"] = 1 - metrics["flops_ratio"]
     metrics["exit_histogram"] = mode["exit_histogram"]
-    metrics["outputs_equal_full"] = ids == full_ids
-    # Which weights ran: a hub model's resolved commit, or a local directory's content hash.
+    metrics["outputs_equal_full"] = mode_m.ids == full_m.ids
+    metrics.update(workload_record(cfg, bench, adapter.num_layers))
+    model_id = loaded.model_id  # which weights ran: a hub commit, or a local directory's content hash
+    hub = "hub_id" in model_id
     metrics["model_fingerprint"] = (
-        f"{model_id['hub_id']}@{model_id['commit']}"
-        if "hub_id" in model_id
-        else f"weights:{model_id['weights']}"
+        f"{model_id['hub_id']}@{model_id['commit']}" if hub else f"weights:{model_id['weights']}"
     )
-    kv = kv_strategy(cfg)
+    metrics.update(heldout_at_target(cfg, loaded, calibrated))
+    return metrics
+
+
+def heldout_at_target(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated) -> dict[str, Any]:
+    """Held-out exit share and agreement at the run's thresholds, under its KV rule."""
+    kv, metric = kv_strategy(cfg), cfg.metric.name
+    out: dict[str, Any] = {}
     if kv == "fill":  # exact: the one-forward statistics hold the run's (its heads, at its target)
-        at_target = exit_shares(held, metric, thresholds)
+        at_target = exit_shares(calibrated.held, metric, calibrated.thresholds)
     else:  # hidden states depend on earlier exits: scored token by token under the rule
         under_kv = heldout_agreement(
-            adapter, policy, kv, heldout, seq_len, cfg.engine.kv_heldout_tokens, desc=f"held-out (kv={kv})"
-        )
+            loaded.adapter, calibrated.policy, kv, loaded.heldout, loaded.seq_len,
+            cfg.engine.kv_heldout_tokens, desc=f"held-out (kv={kv})",
+        )  # fmt: skip
         at_target = under_kv.shares()
-        metrics["heldout_tokens_under_kv"] = under_kv.tokens
-        metrics["heldout_scoring_s"] = under_kv.seconds
-    metrics["heldout_early_exit_share"] = 1 - at_target["final"]
-    metrics["heldout_agreement_at_target"] = at_target["agreement"]
+        out["heldout_tokens_under_kv"] = under_kv.tokens
+        out["heldout_scoring_s"] = under_kv.seconds
+    out["heldout_early_exit_share"] = 1 - at_target["final"]
+    out["heldout_agreement_at_target"] = at_target["agreement"]
+    out["_at_target"] = at_target  # per head, for the summary (not stored)
+    return out
+
+
+def run_summary(
+    cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench: Benchmarked, metrics: dict
+) -> dict[str, Any]:
+    """What the run prints and stores: the record's metrics, per-head numbers and the tables."""
+    heads, held, metric = loaded.heads, calibrated.held, cfg.metric.name
+    target = float(cfg.calibration.target)
+    at_target = metrics.pop("_at_target")
     separation = separation_report(held.scores, held.agree)
     agreement = held.agreement()  # same held-out windows as train.head_agreement, no second pass
-    check = heldout_check(cal, held.scores[metric], held.agree)
+    check = heldout_check(calibrated.cal, held.scores[metric], held.agree)
+    histogram = metrics["exit_histogram"]
     per_head = {
         layer: {
-            "threshold": thresholds[layer],
+            "threshold": calibrated.thresholds[layer],
             "agreement": agreement[layer],
             "heldout_exit_share": at_target[f"layer_{layer}"],
-            "exits_in_decoding": mode["exit_histogram"].get(layer, 0),
+            "exits_in_decoding": histogram.get(layer, 0),
             **{f"auroc_{r['metric']}": r["auroc"] for r in separation if r["layer"] == layer},
             "heldout_agreement_at_target": next(
                 r["heldout_agreement"] for r in check if r["layer"] == layer and r["target"] == target
@@ -392,33 +535,25 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         }
         for layer in heads.layers
     }
-    summary = {
-        "model": adapter.model_id,
-        "num_layers": adapter.num_layers,
+    return {
+        "model": loaded.adapter.model_id,
+        "num_layers": loaded.adapter.num_layers,
         "head_layers": heads.layers,
         "architecture": heads.spec.architecture,
         "head_cost": heads.cost_per_token(),
-        "full_head_cost_in_layers": head_cost_ratio(adapter),
+        "full_head_cost_in_layers": head_cost_ratio(loaded.adapter),
         "metric": metric,
         "mode": cfg.mode.name,
         "target": target,
         "heldout_agreement": agreement,
         "separation": separation,
-        "calibration": cal.to_json(),
+        "calibration": calibrated.cal.to_json(),
         "heldout_check": check,
-        "exit_shares": shares,
+        "exit_shares": calibrated.shares,
         "metrics": metrics,
         "per_head": per_head,
-        "profile": f"{profile.describe()}\n  {profile_origin(source, metrics['profile_rounds'])}",
+        "profile": f"{bench.profile.describe()}\n  {profile_origin(bench.source, bench.rounds)}",
     }
-    if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        cal.save(out / "calibration.json")
-        profile.save(out / "profile.json")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(format_summary(summary))
-    return summary
 
 
 def head_choice(cfg: DictConfig) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from earlyexit.data.streams import seeded_windows
 from earlyexit.decoding import DecodeSettings, DecodeStats, Strategy, engine_for
 from earlyexit.decoding.base import demo_acceptance, kv_of
 from earlyexit.exits.heads import HeadSet
@@ -36,12 +37,8 @@ BOOTSTRAP_SAMPLES = 2000
 
 
 def prompt_set(stream: torch.Tensor, n: int, length: int, seed: int) -> list[torch.Tensor]:
-    """`n` seeded windows of `length` tokens from a held-out stream."""
-    if len(stream) <= length:
-        raise ValueError(f"held-out stream of {len(stream)} tokens is too short for {length}-token prompts")
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - length, (n,), generator=gen).tolist()
-    return [stream[s : s + length] for s in starts]
+    """`n` seeded windows of `length` tokens from a held-out stream (`data.streams.seeded_windows`)."""
+    return seeded_windows(stream, n, length, seed)
 
 
 @dataclass
@@ -114,14 +111,18 @@ def measure_interleaved(
     strategies: Sequence[Strategy],
     adapter: ModelAdapter,
     prompts: list[torch.Tensor],
-    settings: DecodeSettings,
+    settings: DecodeSettings | Sequence[DecodeSettings],
     repeats: int = 3,
     warmup: int = 1,
     progress: bool = False,
     graphs: Capture | None = None,
     between: Callable[[int], object] | None = None,
+    desc: str | None = None,
 ) -> list[Measured]:
     """Every strategy on every prompt, `repeats` times, in alternating order per sample.
+
+    ``settings`` is one for all prompts or one per prompt (a workload's prompts each have their
+    own token budget and stops).
 
     Warm-up is untimed: each strategy decodes the first prompt `warmup` times, and with
     `graphs` (earlyexit/model/graphs.py) every prompt once, so no graph capture falls inside
@@ -133,6 +134,9 @@ def measure_interleaved(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    per_prompt = [settings] * len(prompts) if isinstance(settings, DecodeSettings) else list(settings)
+    if len(per_prompt) != len(prompts):
+        raise ValueError(f"{len(per_prompt)} settings for {len(prompts)} prompts")
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ValueError(f"strategies must have distinct names, got {names}")
@@ -150,24 +154,25 @@ def measure_interleaved(
         head_graphs = [stack.enter_context(_graphed_heads(s.heads, graphs)) for s in strategies]
         for strategy, engine in zip(strategies, engines, strict=True):
             for _ in range(warmup):
-                strategy.generate(engine, prompts[0], settings)
+                strategy.generate(engine, prompts[0], per_prompt[0])
             if graphs is not None:
-                for prompt in prompts:
-                    strategy.generate(engine, prompt, settings)
+                for prompt, setting in zip(prompts, per_prompt, strict=True):
+                    strategy.generate(engine, prompt, setting)
         order = list(range(len(strategies)))
-        desc = "benchmark " + " vs ".join(names)
+        desc = desc or "benchmark " + " vs ".join(names)
         for j in tqdm(range(repeats * len(prompts)), desc=desc, disable=not progress):
-            prompt = prompts[j % len(prompts)]
+            prompt, setting = prompts[j % len(prompts)], per_prompt[j % len(prompts)]
             for k in order if j % 2 == 0 else order[::-1]:
-                result = strategies[k].generate(engines[k], prompt, settings)
+                result = strategies[k].generate(engines[k], prompt, setting)
                 out[k].samples.append(result.stats)
                 if j < len(prompts):
                     out[k].ids.append(result.ids)
             if between is not None and between(j) and j + 1 < repeats * len(prompts):
                 # Whatever ran in between (profile rounds) left caches and allocator cold: one
                 # untimed decode per strategy before the next timed sample.
+                nxt = (j + 1) % len(prompts)
                 for strategy, engine in zip(strategies, engines, strict=True):
-                    strategy.generate(engine, prompts[(j + 1) % len(prompts)], settings)
+                    strategy.generate(engine, prompts[nxt], per_prompt[nxt])
     for m, engine, cache in zip(out, engines, head_graphs, strict=True):
         m.graphs_captured = len(engine.graphs or ()) + len(cache or ())
     return out
@@ -213,6 +218,14 @@ def speedup_interval(
     base, other = baseline.tpot_s, mode.tpot_s
     if len(base) != len(other) or len(base) == 0:
         raise ValueError(f"need paired samples, got {len(base)} and {len(other)}")
+    # A one-token output (a generation that stopped at once) has no time per output token: the
+    # pair is left out of the ratio of medians (workload speedups count it: measure/workloads.py).
+    finite = np.isfinite(base) & np.isfinite(other)
+    base, other = base[finite], other[finite]
+    if len(base) == 0:
+        nan = float("nan")
+        return {"speedup": nan, "speedup_ci_low": nan, "speedup_ci_high": nan, "within_noise": True,
+                "timing_samples": 0}  # fmt: skip
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(base), size=(samples, len(base)))
     ratios = np.median(base[draws], axis=1) / np.median(other[draws], axis=1)

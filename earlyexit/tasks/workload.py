@@ -70,6 +70,7 @@ class Workload:
     aggregations: dict[str, Callable[[list[float]], float]] = field(default_factory=dict)
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     note: str = ""
+    stop_at_eos: bool = True  # False: fixed-length continuations (the held-out benchmark)
 
     def __post_init__(self) -> None:
         if not self.prompts:

@@ -102,6 +102,13 @@ def test_pythia_configs_build_the_right_architecture(size):
         ),
         (["task.names=[no_such_task]"], "no_such_task"),
         (["bench.prompts=0"], "bench.prompts=0 must be an integer >= 1"),
+        (["bench.limit=0"], "bench.limit=0 must be an integer >= 1"),
+        (["bench.gen_cap=-4"], "bench.gen_cap=-4 must be an integer >= 1"),
+        (
+            ["bench.workloads=[heldout,nope]"],
+            r"unknown workload: .*'nope'.*Valid workloads: heldout, stdlib_completion",
+        ),
+        (["bench.workloads=[piqa]"], "'piqa' is a multiple_choice task: it generates nothing"),
         (["calibration.heads=best"], "calibration.heads='best' is not a head choice; valid: all, priced"),
         (
             ["calibration.heads=priced", "calibration.select_prompts=0"],

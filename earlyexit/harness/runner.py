@@ -36,6 +36,7 @@ from earlyexit.exits.heads import HeadSet, HeadSpec, head_cost_ratio, place_head
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
+from earlyexit.harness.job_status import write_status
 from earlyexit.harness.loggers import log_run
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
@@ -196,13 +197,24 @@ def validate(cfg: DictConfig) -> None:
     resolve_text_source(cfg.data.source, cfg.task.get("offline"), cfg.cache_dir)  # the heads' training text
 
 
-def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: bool = False) -> dict | None:
-    """Run `cfg` once and append its record to the results store; skip it if already finished."""
+def record_run(
+    cfg: DictConfig,
+    output_dir: str | Path | None = None,
+    multirun: bool = False,
+    overrides: list[str] | None = None,
+) -> dict | None:
+    """Run `cfg` once and append its record to the results store; skip it if already finished.
+
+    The job's outcome goes to ``output_dir/job_status.json`` too (harness/job_status.py), so a
+    sweep can list its failed jobs at the end; the traceback of a failure to ``traceback.txt``.
+    """
     requested = {"device": str(cfg.device), "dtype": str(cfg.model.dtype)}
+    status = functools.partial(write_status, output_dir, overrides=overrides or [])
     try:
         cfg = resolve_runtime(cfg)
         validate(cfg)
     except ValueError as err:
+        status("refused", f"{type(err).__name__}: {err}")
         if not multirun:
             raise  # a single run fails at once, before anything is loaded or stored
         return _refused(cfg, requested, err)  # a sweep records the refusal and goes on
@@ -211,6 +223,7 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
     store = ResultStore(cfg.results.path)
     if not cfg.force and store.finished(key):
         log.info("config %s already finished in %s; skipping (force=true recomputes)", key, store.path)
+        status("skipped")
         return None
     env = environment(cfg.device, DTYPES[cfg.model.dtype])
     env.update({"device_requested": requested["device"], "dtype_requested": requested["dtype"]})
@@ -228,9 +241,12 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
         failure = err
         error = traceback.format_exc()
         record = make_record(flat, {}, env, status="failed", error=error)
-        log.error("run failed: %s: %s\n(traceback recorded in %s)", type(err).__name__, err, store.path)
+        where = _save_traceback(output_dir, error) or store.path
+        log.error("run failed: %s: %s (traceback in %s)", type(err).__name__, _first_line(err), where)
+        status("failed", f"{type(err).__name__}: {_first_line(err)}")
     else:
         record = make_record(flat, summary["metrics"], env, per_head=summary["per_head"])
+        status("ok")
     store.append(record)
     log_run(cfg, flat, record)  # after the append: a tracker never costs the local record
     if failure is not None:
@@ -239,6 +255,20 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None, multirun: 
         raise failure
     log.info("recorded run %s in %s", key, store.path)
     return summary
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _save_traceback(output_dir: str | Path | None, error: str) -> Path | None:
+    if output_dir is None:
+        return None
+    path = Path(output_dir) / "traceback.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(error)
+    return path
 
 
 def _refused(cfg: DictConfig, requested: dict, err: ValueError) -> None:

@@ -319,8 +319,9 @@ def test_default_run_records_once_and_reuses_cached_artifacts(tmp_path):
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
-    proc = run_app(tmp_path, "-m", "task=none", f"data.source=stdlib,{tmp_path / 'missing.txt'}")
-    assert proc.returncode == 0
+    proc = run_app(tmp_path, "-m", "task=none", f"data.source=stdlib,{tmp_path / 'missing.txt'}", check=False)
+    assert proc.returncode == 1  # the sweep ran to the end, and says that a job failed
+    assert "1 job(s) of this sweep failed" in proc.stderr + proc.stdout
     records = ResultStore(tmp_path / "records.jsonl").load()
     assert sorted(records["status"]) == ["failed", "ok"]
     failed = records[records["status"] == "failed"].iloc[0]
@@ -345,3 +346,48 @@ def test_slurm_launcher_config_composes_to_submitit_slurm():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min > 0
+
+
+def test_console_errors_are_one_line_and_point_somewhere(tmp_path):
+    """A failing single run prints one line naming the cause; `task=NAME` for an lm-eval task
+    without a config says task.names=[NAME]."""
+    proc = run_app(tmp_path, "calibration.target=1.5", check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: ValueError: calibration: target 1.5 is outside the allowed range (0, 1]"]
+    assert "Traceback" not in proc.stderr
+    proc = run_app(tmp_path, "task=openbookqa", check=False)
+    assert proc.returncode == 2 and "task.names=[openbookqa]" in proc.stderr
+    assert "task=none task.names=[openbookqa]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_module_path_a_message_names_exists():
+    """Error messages and docs name modules and attributes a user can import."""
+    import importlib
+    import re
+
+    # Format tags such as "earlyexit.calibration/1" name file formats, not modules.
+    pattern = re.compile(r"\bearlyexit(?:\.[A-Za-z_][A-Za-z0-9_]*)+(?![\w/])")
+    sources = [
+        *sorted((ROOT / "earlyexit").rglob("*.py")),
+        ROOT / "README.md",
+        *sorted(ROOT.glob("docs/*.md")),
+    ]
+    names = {m.group(0).rstrip(".") for path in sources for m in pattern.finditer(path.read_text())}
+    assert len(names) > 20
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                missing.append(name)
+            break
+        else:
+            missing.append(name)
+    assert missing == []

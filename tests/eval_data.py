@@ -88,6 +88,69 @@ ROWS: dict[str, list[dict]] = {
             "answer": "1",
         },
     ],
+    # generate_until tasks (generation workloads): lm-eval's nq_open, gsm8k, humaneval layouts and
+    # this project's summarisation tasks in their hub datasets' columns.
+    "nq_open": [
+        {"question": "what is the capital of france", "answer": ["Paris"]},
+        {"question": "who wrote hamlet", "answer": ["William Shakespeare", "Shakespeare"]},
+        {"question": "how many legs does a spider have", "answer": ["eight", "8"]},
+    ],
+    "gsm8k": [
+        {
+            "question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+            "answer": "3+4=7\n#### 7",
+        },
+        {"question": "A box holds 6 eggs. How many eggs are in 3 boxes?", "answer": "6*3=18\n#### 18"},
+        {"question": "Sara had 10 pens and gave away 2. How many are left?", "answer": "10-2=8\n#### 8"},
+    ],
+    "humaneval": [
+        {
+            "task_id": "HumanEval/0",
+            "prompt": 'def add(a, b):\n    """Return a + b."""\n',
+            "canonical_solution": "    return a + b\n",
+            "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+            "entry_point": "add",
+        }
+    ],
+    "cnn_dm_layerskip": [
+        {
+            "id": "t0",
+            "article": "The city council met on Monday. It voted to build a new bridge over the river.",
+            "highlights": "Council votes for a new bridge .\nThe bridge will cross the river .",
+        },
+        {
+            "id": "t1",
+            "article": "A storm hit the coast overnight. Thousands of homes lost power.",
+            "highlights": "Storm hits the coast .\nThousands lose power .",
+        },
+    ],
+    "xsum_layerskip": [
+        {
+            "id": "x0",
+            "document": "Rain fell across the north all day.",
+            "summary": "Heavy rain hit the north.",
+        },
+        {
+            "id": "x1",
+            "document": "The team won the cup final on penalties.",
+            "summary": "The team won the cup.",
+        },
+    ],
+}
+# Training splits: the few-shot examples of the few-shot tasks above (lm-eval draws them from train).
+TRAIN_ROWS: dict[str, list[dict]] = {
+    "gsm8k": [
+        {"question": f"Ann has {i} cats and gets {i + 1} more. How many cats?", "answer": f"#### {2 * i + 1}"}
+        for i in range(1, 8)
+    ],
+    "cnn_dm_layerskip": [
+        {
+            "id": f"tr{i}",
+            "article": f"Training article number {i} about local news.",
+            "highlights": f"Local news story {i} .\nSecond line {i} .",
+        }
+        for i in range(4)
+    ],
 }
 # The split lm-eval 0.4 scores for each task (test where the task has one, else validation).
 SCORED = {
@@ -97,6 +160,11 @@ SCORED = {
     "sciq": "test",
     "hellaswag": "validation",
     "winogrande": "validation",
+    "nq_open": "validation",
+    "gsm8k": "test",
+    "humaneval": "test",
+    "cnn_dm_layerskip": "test",
+    "xsum_layerskip": "test",
 }
 
 

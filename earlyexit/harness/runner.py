@@ -136,6 +136,7 @@ def resolve_tasks_of(cfg: DictConfig) -> list:
         data_dir=cfg.task.get("data_dir"),
         include_path=include,
         offline=cfg.task.get("offline"),
+        confirm_run_unsafe_code=bool(cfg.task.get("confirm_run_unsafe_code", False)),
     )
 
 

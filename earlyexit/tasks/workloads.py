@@ -49,7 +49,9 @@ def heldout_workload(
 
 def _task_kwargs(task: dict[str, Any] | None) -> dict[str, Any]:
     task = dict(task or {})
-    return {k: task.get(k) for k in ("data_dir", "include_path", "offline")}
+    kwargs = {k: task.get(k) for k in ("data_dir", "include_path", "offline")}
+    kwargs["confirm_run_unsafe_code"] = bool(task.get("confirm_run_unsafe_code", False))
+    return kwargs
 
 
 def _output_type(resolved) -> str | None:
@@ -131,7 +133,10 @@ def build_workloads(
         else:
             from earlyexit.tasks.generation_tasks import lm_eval_workload
 
-            wl = lm_eval_workload(resolved[name], tokenizer, limit, max_length, seed)
+            unsafe = _task_kwargs(task)["confirm_run_unsafe_code"]
+            wl = lm_eval_workload(
+                resolved[name], tokenizer, limit, max_length, seed, confirm_run_unsafe_code=unsafe
+            )
         if len(wl.prompts) < limit:
             log.warning(
                 "workload %s has %d prompts, fewer than bench.limit=%d: all kept",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.measure.baselines import HFGenerate, hf_layerskip
 from earlyexit.measure.cost_model import DECIDES, predict
 from earlyexit.measure.json_text import dumps_readable
+from earlyexit.measure.machine import machine_metrics, take_reading, warn_if_busy
 from earlyexit.measure.profile import WARMUP_ROUNDS, ProfileRounds, kv_span
 from earlyexit.measure.protocol import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
 from earlyexit.measure.timing import copy_bandwidth, device_name, environment, synchronize
@@ -53,6 +55,7 @@ from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_confi
 from earlyexit.model.trace import TraceCounts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+log = logging.getLogger("benchmark_decoding")
 
 
 def build(args):
@@ -228,11 +231,13 @@ def main() -> None:
         capture = graph_capture(args.graphs, torch.device(args.device))
     except ValueError as err:
         p.error(str(err))
+    start = warn_if_busy(log)  # the machine's load as the run starts (earlyexit/measure/machine.py)
     adapter, heads, prompts, thresholds = build(args)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
     strategies = modes(heads, thresholds, args)
     rounds = profile_rounds(adapter, heads, prompts, args, capture)
     results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture, rounds)
+    end = take_reading()
     lossless = {
         n: outputs[n] == outputs["full"]
         for n in (
@@ -277,6 +282,17 @@ def main() -> None:
             "roofline_ms_per_token": 1e3 * wbytes / bandwidth,
         },
         "graphs": args.graphs if capture else f"off ({args.graphs}, device {adapter.device.type})",
+        # Was the machine busy? Load at start and end, steal, full's spread (max/min, the same
+        # as over its samples), an eager profile with negative times or ratios.
+        "machine": {
+            **machine_metrics(
+                start,
+                end,
+                [results["full"]["tpot_ms_min"], results["full"]["tpot_ms_max"]],
+                profile_by_regime["eager"].to_json(),
+            ),
+            "cpus": start.cpus,
+        },
         "unix_time": int(time.time()),
     }
     brief = {

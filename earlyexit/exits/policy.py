@@ -40,7 +40,10 @@ class ThresholdPolicy:
         """The head's logits if the newest token exits at `layer`, else None.
 
         Head, metric and threshold in one lean call with one device-to-host read
-        (`Metric.decide`); agrees with `should_exit(metric(logits), threshold)`.
+        (`Metric.passes`, as `Metric.decide`). Its score is the calibration's, bit for bit (one
+        score function, `Metric.from_summary`), so it agrees with
+        `should_exit(metric(logits), threshold)` even at the exact calibrated score, where a
+        token must exit (tests/exits/test_threshold_edges.py).
         """
         threshold = self.thresholds.get(layer)
         if threshold is None:

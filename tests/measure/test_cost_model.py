@@ -165,15 +165,20 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     adapter = get_adapter(damped_model(0))
     heads = HeadSet(adapter, HeadSpec("linear", (1, 3)))
     p = measure_profile(adapter, heads, [12, 20], max_rows=3, repeats=2, warmup=1, progress=False)
+    # Structure only: no assertion compares one wall-clock time with another, as a loaded
+    # machine reorders them (a K/V projection outlasting a layer, a fixed cost a pass).
     assert p.rows == [1, 2, 3] and p.kv_lengths == [12, 20]
     assert len(p.layer_ms) == 3 and all(len(r) == 2 for r in p.layer_ms)
-    assert p.head_ms > 0 and set(p.decision_ms) == {"entropy", "max-prob", "margin"}
-    assert 0 < p.projection_layer_ms < p.layer_ms[0][0]  # two of a layer's matmuls, no attention or MLP
-    # Measured directly (layers and unembedding stubbed out), not left over from a difference:
-    # never clamped to 0, and less than a pass through every layer.
-    assert 0 < p.pass_fixed_ms < sum(p.layer_ms[0][0] for _ in range(adapter.num_layers))
+    assert len(p.segment_fixed_ms) == 3 and all(len(r) == 2 for r in p.segment_fixed_ms)
+    assert len(p.unembed_ms) == 3 and set(p.decision_ms) == {"entropy", "max-prob", "margin"}
+    # Timed directly, never a difference of two timings: every one of these is a time spent.
+    direct = [p.head_ms, p.pass_fixed_ms, p.projection_layer_ms, *p.unembed_ms, *p.decision_ms.values()]
+    assert all(isinstance(t, float) and t > 0 for t in direct)
+    assert all(t >= 0 for r in p.segment_fixed_ms for t in r)  # clamped at 0 by construction
+    # The depth ratio: one row per depth, one column per run length, full depth the unit, and
+    # monotone in run length by construction (pooled), whatever the timings.
     assert len(p.depth_ratio) == adapter.num_layers and p.depth_ratio[-1] == [1.0] * DEPTH_RUN
-    assert all(r > 0 for by_run in p.depth_ratio for r in by_run)
+    assert all(len(by_run) == DEPTH_RUN for by_run in p.depth_ratio)
     assert all(by_run == sorted(by_run, reverse=True) for by_run in p.depth_ratio)
     assert p.identity["model_shape"] == model_shape(adapter)
     assert p.identity["head_architecture"] == "linear"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from analysis.load import DEFAULT_STORE, latest_per_config, load_results
+from analysis.load import DEFAULT_STORE, count_store, latest_per_config, load_results
 from earlyexit.harness.results import EmptyResultsError
 
 log = logging.getLogger("analysis")
@@ -38,14 +39,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    counts = count_store(args.results) if args.results.exists() else None
     if not args.all_repeats:
+        before = len(df)
         df = latest_per_config(df)
+        if counts is not None:
+            counts = replace(counts, repeats=before - len(df))
     from analysis.figures import make_all  # matplotlib only once there is something to draw
     from analysis.summary import write_summary
 
     written, skipped = make_all(df, args.out)
     source = str(args.results) + (f" + W&B {args.wandb}" if args.wandb else "")
-    summary = write_summary(df, args.out, source, written, skipped)
+    summary = write_summary(df, args.out, source, written, skipped, counts=counts)
     log.info("%d figure(s) written, %d skipped; summary in %s", len(written), len(skipped), summary)
     return 0
 

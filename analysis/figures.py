@@ -45,6 +45,7 @@ from analysis.plotting import (
     panel_grid,
     save,
 )
+from analysis.workload_figures import BUSY_STYLE, workload_figures
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
                         fontsize=7,
                         color=color,
                     )
+        _busy_points(ax, part, x, y)
         overall = front(part, x, y, by=["model"])
         if len(overall) > 1:
             ax.plot(overall[x], overall[y], color="0.4", linestyle="--", linewidth=1, label="overall front")
@@ -119,6 +121,16 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.legend(fontsize=7)
     return fig
+
+
+def _busy_points(ax, part: pd.DataFrame, x: str, y: str) -> None:
+    """Runs timed on a busy machine (or priced by an inconsistent profile), hatched grey over their
+    marker: they are off every front, and the reader should see why. ``gid`` keeps them apart
+    from the data points in tests."""
+    busy = part[part["busy"].astype(bool)] if "busy" in part else part.iloc[:0]
+    if not busy.empty:
+        label = "busy machine (off the fronts)"
+        ax.scatter(busy[x], busy[y], marker="o", s=90, zorder=2, gid="busy", label=label, **BUSY_STYLE)
 
 
 def _speedup_intervals(ax, points: pd.DataFrame, y: str, color: str) -> None:
@@ -484,9 +496,12 @@ FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
 
 
 def make_all(df: pd.DataFrame, out_dir: str | Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """Draw every figure the results support: ({name: [png, pdf]}, {skipped name: reason})."""
+    """Draw every figure the results support: ({name: [png, pdf]}, {skipped name: reason}).
+
+    Beside ``FIGURES``, one speed-quality figure per generation workload the records hold
+    (``speed_quality_<workload>``; none for records from before per-workload results)."""
     written, skipped = {}, {}
-    for name, draw in FIGURES.items():
+    for name, draw in {**FIGURES, **workload_figures(df)}.items():
         try:
             fig = draw(df)
         except NoData as reason:

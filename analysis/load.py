@@ -13,13 +13,14 @@ import json
 import logging
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from earlyexit.harness.results import EmptyResultsError, ResultStore
+from earlyexit.harness.results import SCHEMA_VERSION, EmptyResultsError, ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,14 @@ KEY_COLUMNS: dict[str, str] = {
     "device_name": "env.device_name",
     "dtype": "env.dtype",
     "cuda_graphs": "config.bench.cuda_graphs",
+    # The machine's load while the run was timed: a busy machine's timings are unreliable.
+    "machine_busy": "metric.machine_busy",
+    "machine_busy_reason": "metric.machine_busy_reason",
+    "load_avg_start": "metric.load_avg_start",  # 1-minute load average
+    "load_avg_end": "metric.load_avg_end",
+    "cpu_steal_share": "metric.cpu_steal_share",
+    "full_tpot_spread": "metric.full_tpot_spread",  # max / min of full's repeated per-token times
+    "profile_inconsistent": "metric.profile_inconsistent",  # the cost profile had negative ratios
     # Predicted ms per output token in each cost category, of the mode and of its full baseline.
     **{f"time_ms.{c}": f"metric.time_ms.{c}" for c in COST_CATEGORIES},
     **{f"full_time_ms.{c}": f"metric.full_time_ms.{c}" for c in COST_CATEGORIES},
@@ -135,6 +144,10 @@ NUMERIC_COLUMNS = (
     "predicted_speedup",
     "decode_tokens",
     "full_decode_tokens",
+    "load_avg_start",
+    "load_avg_end",
+    "cpu_steal_share",
+    "full_tpot_spread",
     *(f"time_ms.{c}" for c in COST_CATEGORIES),
     *(f"full_time_ms.{c}" for c in COST_CATEGORIES),
 )
@@ -254,9 +267,83 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     # run has, even without an lm-eval task.
     df["agreement_delta"] = np.where(reproduces_full, 0.0, pd.to_numeric(df["agreement"]) - 1.0)
     df.loc[broken, "agreement_delta"] = np.nan
-    derived = ["timing", "lossless", "acc", "acc_full", "acc_delta", "agreement_delta"]
+    df["busy"] = busy_flags(df)
+    df["busy_reason"] = busy_reasons(df)
+    derived = ["timing", "lossless", "acc", "acc_full", "acc_delta", "agreement_delta", "busy", "busy_reason"]
     front = [*META_COLUMNS, *KEY_COLUMNS, *derived]
     return df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
+
+
+def busy_flags(df: pd.DataFrame) -> pd.Series:
+    """True for a run timed on a busy machine or priced by a profile with negative ratios.
+
+    Why one flag: either way its speed is not a measurement of the method, so fronts leave it out
+    and figures draw it apart. Records from before the load check carry neither key: False.
+    """
+    flags = pd.Series(False, index=df.index)
+    for column in ("machine_busy", "profile_inconsistent"):
+        if column in df:
+            flags |= df[column].map(is_true)
+    return flags
+
+
+def is_true(value: Any) -> bool:
+    """A stored flag that is True (a Python or numpy bool); NaN, None and text are not."""
+    return isinstance(value, bool | np.bool_) and bool(value)
+
+
+def busy_reasons(df: pd.DataFrame) -> pd.Series:
+    """Why each busy run is flagged, in words (the runner's reason, the profile's); "" otherwise."""
+    reasons = []
+    for i in df.index:
+        parts = []
+        if is_true(df.at[i, "machine_busy"]):
+            text = df.at[i, "machine_busy_reason"]
+            parts.append(str(text) if isinstance(text, str) and text else "machine busy")
+        if is_true(df.at[i, "profile_inconsistent"]):
+            parts.append("cost profile had negative ratios")
+        reasons.append("; ".join(parts))
+    return pd.Series(reasons, index=df.index, dtype=object)
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """What a store held beside the runs analysed: why a reader should know how many were left out."""
+
+    lines: int  # non-blank lines
+    ok: int
+    failed: int  # status "failed": no numbers to show
+    unreadable: tuple[int, ...]  # line numbers that are not a JSON object (a writer killed mid-line)
+    unknown_schema: int  # records of a schema this code does not know (dropped by ResultStore.load)
+    repeats: int = 0  # older runs of a repeated config, left out by latest_per_config
+
+
+def count_store(path: str | Path) -> StoreCounts:
+    """Count a store's lines by what ``ResultStore.load`` and ``load_results`` do with them.
+
+    Read here, line by line, because ``load`` only warns about the lines it skips and
+    ``load_results`` drops failed runs: the summary must still say how many there were.
+    """
+    counts = {"ok": 0, "failed": 0, "unknown": 0}
+    unreadable, lines = [], 0
+    with Path(path).open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            lines += 1
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                unreadable.append(lineno)
+                continue
+            version = record.get("schema_version")
+            if not isinstance(version, int) or version > SCHEMA_VERSION:
+                counts["unknown"] += 1
+            else:
+                counts["ok" if record.get("status") == "ok" else "failed"] += 1
+    return StoreCounts(lines, counts["ok"], counts["failed"], tuple(unreadable), counts["unknown"])
 
 
 def kv_strategy(df: pd.DataFrame) -> pd.Series:

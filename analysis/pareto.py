@@ -19,7 +19,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.load import DEFAULT_HEAD_CHOICE, DEFAULT_KV, THRESHOLD_MODES, head_choice, kv_strategy
+from analysis.load import (
+    DEFAULT_HEAD_CHOICE,
+    DEFAULT_KV,
+    THRESHOLD_MODES,
+    head_choice,
+    is_true,
+    kv_strategy,
+)
 
 MODE_LABELS = {"full": "full", "early-exit": "early-exit", "dssd": "DSSD", "layerskip": "LayerSkip"}
 # Fronts are per model, timing regime (eager or CUDA graphs) and series (mode, metric and KV
@@ -103,9 +110,15 @@ def mark_fronts(
     y: str,
     by: Sequence[str] | None = None,
     maximize: tuple[bool, bool] = (True, True),
+    include_busy: bool = False,
 ) -> pd.DataFrame:
     """A copy of ``df`` with ``group`` (see ``mode_group``) and ``on_front``, computed within each
-    ``by`` (default: those of ``GROUP_KEYS`` that ``df`` has)."""
+    ``by`` (default: those of ``GROUP_KEYS`` that ``df`` has).
+
+    Runs flagged ``busy`` (timed on a busy machine, or priced by an inconsistent profile) are
+    neither on a front nor dominate another run unless ``include_busy``: their speed is not the
+    method's, and a front drawn through them would mislead.
+    """
     out = df.copy()
     if "group" not in out:
         out["group"] = mode_group(out)
@@ -115,7 +128,11 @@ def mark_fronts(
     by = group_keys(out, by)
     parts = [part for _, part in out.groupby(by, dropna=False, sort=False)] if by else [out]
     for part in parts:
-        out.loc[part.index, "on_front"] = pareto_mask(part[x], part[y], maximize)
+        xs, ys = part[x].astype(float), part[y].astype(float)
+        if not include_busy and "busy" in part:
+            measured = ~part["busy"].map(is_true)
+            xs, ys = xs.where(measured), ys.where(measured)
+        out.loc[part.index, "on_front"] = pareto_mask(xs, ys, maximize)
     return out
 
 
@@ -125,9 +142,10 @@ def front(
     y: str,
     by: Sequence[str] | None = None,
     maximize: tuple[bool, bool] = (True, True),
+    include_busy: bool = False,
 ) -> pd.DataFrame:
     """Only the front rows, sorted by group then x (the order to draw the front's line in)."""
-    marked = mark_fronts(df, x, y, by, maximize)
+    marked = mark_fronts(df, x, y, by, maximize, include_busy)
     rows = marked[marked["on_front"]]
     return rows.sort_values([*group_keys(marked, by), x, y], kind="stable").reset_index(drop=True)
 

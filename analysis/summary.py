@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import THRESHOLD_MODES, kv_strategy, unique
+from analysis.load import THRESHOLD_MODES, StoreCounts, is_true, kv_strategy, unique
 from analysis.measures import (
     MODE_ORDER,
     depth_layers,
@@ -109,6 +109,14 @@ def heads_cell(row: pd.Series) -> str:
     return "priced: " + (" ".join(str(h) for h in kept) if kept else "none")
 
 
+def front_cell(row: pd.Series) -> str:
+    """✓ on the front; "busy machine" for a run left off every front because its timing is not
+    trustworthy (so a blank never hides why)."""
+    if is_true(row.get("busy")):
+        return "busy machine"
+    return "✓" if row["on_front"] else ""
+
+
 def measured_table(df: pd.DataFrame) -> str:
     """One row per run: the mode's settings, speed, FLOPs, accuracy and acceptance."""
     y, _ = accuracy_axis(df)
@@ -143,7 +151,7 @@ def measured_table(df: pd.DataFrame) -> str:
             _num(r["acceptance_rate"], ".3f"),
             _num(r["acceptance_rate_demo"], ".3f"),
             _num(r["exit_share"], ".1%"),
-            "✓" if r["on_front"] else "",
+            front_cell(r),
             _text(r["device_name"] if pd.notna(r["device_name"]) else r["device"]),
             _text(r.get("timing", "eager")),
         ]
@@ -372,8 +380,13 @@ def write_summary(
     written: dict[str, list[Path]] | None = None,
     skipped: dict[str, str] | None = None,
     published: pd.DataFrame | None = None,
+    counts: StoreCounts | None = None,
 ) -> Path:
-    """Write ``out_dir/summary.md`` and return its path."""
+    """Write ``out_dir/summary.md`` and return its path; ``counts`` (``load.count_store``) says
+    how many records the store held beside the runs in ``df``."""
+    # Imported here: those sections build on this module's cells and tables.
+    from analysis import workload_summary as ws
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     published = load_published() if published is None else published
@@ -388,11 +401,21 @@ def write_summary(
         f"{len(df)} run(s) from `{source}`, {len(unique(df['model']))} model(s). Speedup = full time per "
         "output token / mode's, medians over paired (prompt, repeat) samples measured interleaved with full, "
         "with a paired bootstrap 95% interval in brackets; within noise (≈ 1) = that interval contains 1. "
-        "FLOPs saved = 1 − FLOPs per token ratio; acc Δ = lm-eval accuracy minus the "
+        "FLOPs saved = 1 − FLOPs per token ratio; acc Δ = lm-eval log-likelihood accuracy minus the "
         "full model's, mean over tasks (lossless modes: 0); agreement Δ = held-out token agreement with the "
         "full model − 1 (lossless modes: 0); held-out early exits = share of held-out tokens leaving before "
         'the last layer at the calibrated thresholds; "on front" = on the model\'s speed-accuracy Pareto '
-        f"front, over all modes, with accuracy taken as {axis}.",
+        f"front, over all modes, with accuracy taken as {axis}; runs on a busy machine are on no front.",
+        "## Records and machine load",
+        ws.records_section(df, counts),
+        "## Generation workloads: speedup and mean accepted tokens",
+        ws.speed_section(df),
+        "## Generation workloads: quality beside full",
+        ws.quality_section(df),
+        "## Generation workloads: speed–quality fronts",
+        ws.fronts_section(df, written or {}, skipped or {}),
+        "## Log-likelihood tasks: accuracy only, no speedup",
+        ws.loglikelihood_section(df),
         "## Measured",
         measured_table(df),
         "## Cost model: predicted vs measured",
@@ -401,6 +424,8 @@ def write_summary(
         kv_section(df, published),
         "## Published vs measured",
         published_section(df, published),
+        "## Published generation results beside ours",
+        ws.published_generation_section(df, published),
         "## Figures",
         figures_section(written or {}, skipped or {}, out),
     ]

@@ -42,6 +42,7 @@ from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
 from earlyexit.measure.cost_model import CATEGORIES, predict
 from earlyexit.measure.head_selection import HEAD_CHOICES, SELECTING_MODES, HeadSelection, select_heads
+from earlyexit.measure.machine import LoadMonitor
 from earlyexit.measure.profile import (
     WARMUP_ROUNDS,
     CostProfile,
@@ -329,6 +330,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     tasks = resolve_tasks_of(cfg) if cfg.task.names else []  # resolved by validate: reused, not redone
     torch.manual_seed(cfg.seed)
     graphs = default_capture(cfg.device) if cfg.bench.get("cuda_graphs") else None  # mode and full alike
+    machine = LoadMonitor(log)  # warns now when other processes already hold the CPU
+    machine.begin()
     log.info("stage 1/5: model and heads")
     loaded = load_stage(cfg)
     log.info("stage 2/5: calibration")
@@ -340,8 +343,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         metrics.update(accuracy(cfg, a.adapter, a.tokenizer, policy, a.heads_key, tasks, a.model_id))
     log.info("stage 4/5: decoding benchmark")
     bench = benchmark_stage(cfg, loaded, calibrated, graphs)
+    machine.finish()
     log.info("stage 5/5: FLOPs, cost model and record")
     metrics.update(bench_metrics(cfg, loaded, calibrated, bench))
+    full_tpots = [t for t in bench.primary[0].tpot_s.tolist() if math.isfinite(t)]
+    metrics.update(machine.metrics(full_tpots, bench.profile.to_json()))
+    if metrics["machine_busy"] or metrics["profile_inconsistent"]:
+        reason = metrics["machine_busy_reason"] or "the cost profile has negative ratios"
+        log.warning("this run's timings are unreliable (%s): it is flagged in its record and figures", reason)
     summary = run_summary(cfg, loaded, calibrated, bench, metrics)
     if output_dir is not None:
         out = Path(output_dir)

@@ -9,6 +9,7 @@ from eval_data import ROWS, write_jsonl
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import load_model
 from earlyexit.tasks import lm_eval_tasks as tasks_module
+from earlyexit.tasks import task_build
 from earlyexit.tasks.lm_eval_model import EarlyExitLM
 from earlyexit.tasks.lm_eval_tasks import evaluate, resolve_tasks
 from earlyexit.tasks.task_checks import TaskDataError, check_documents, expected_fields
@@ -75,7 +76,7 @@ def test_a_generation_task_with_empty_targets_is_refused(tmp_path):
 def test_expected_fields_are_columns_and_template_variables(tmp_path):
     write_jsonl(tmp_path / "nq_open_validation.jsonl", [{"question": "q", "answer": ["a"]}])
     (resolved,) = resolve_tasks(["nq_open"], data_dir=tmp_path)
-    task = tasks_module._build("nq_open", resolved.config)
+    task = task_build._build("nq_open", resolved.config)
     assert expected_fields(task) == {"doc_to_text": {"question"}, "doc_to_target": {"answer"}}
     assert check_documents(task, "nq_open") == 1
 

@@ -18,6 +18,7 @@ from earlyexit.data.paths import shared_data_dir
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.loading import load_model
 from earlyexit.tasks import lm_eval_tasks as tasks_module
+from earlyexit.tasks import task_build
 from earlyexit.tasks.lm_eval_model import EarlyExitLM
 from earlyexit.tasks.lm_eval_tasks import (
     PYTHIA_SUITE,
@@ -125,7 +126,7 @@ def test_the_suite_runs_from_tiny_local_files_through_lm_eval(lm, tmp_path):
         assert 0.0 <= metrics["acc"] <= 1.0, (name, metrics)
     # hellaswag's own process_docs ran on the raw columns: query, choices and gold are its output.
     hellaswag = next(t for t in resolved if t.name == "hellaswag")
-    doc = tasks_module._build("hellaswag", hellaswag.config).eval_docs[0]
+    doc = task_build._build("hellaswag", hellaswag.config).eval_docs[0]
     assert doc["query"].startswith("Cooking: A man heats a pan.") and "[title]" not in doc["query"]
     assert doc["choices"][0] == "adds oil." and doc["gold"] == 0
 
@@ -238,7 +239,7 @@ def test_a_task_no_source_provides_names_what_was_looked_for_and_three_ways(tmp_
 def test_resolution_is_reused_until_the_files_change(tmp_path, monkeypatch):
     data = write_suite(tmp_path / "data", ["piqa"])
     first = resolve_tasks(["piqa"], data_dir=data)
-    monkeypatch.setattr(tasks_module, "_build", lambda *a: pytest.fail("resolved again"))
+    monkeypatch.setattr(task_build, "_build", lambda *a: pytest.fail("resolved again"))
     assert resolve_tasks(["piqa"], data_dir=data) == first
     write_jsonl(data / "piqa_validation.jsonl", ROWS["piqa"][:2])
     with pytest.raises(pytest.fail.Exception, match="resolved again"):

@@ -391,3 +391,27 @@ def test_every_module_path_a_message_names_exists():
         else:
             missing.append(name)
     assert missing == []
+
+
+def test_ctrl_c_ends_with_one_line(tmp_path):
+    """SIGINT during a run: one line saying what is kept, no traceback, exit status 130."""
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [
+        sys.executable, str(ROOT / "run.py"), *FAST, "bench.repeats=50",
+        f"results.path={tmp_path / 'records.jsonl'}", f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in proc.stdout:  # wait until the run is decoding, then interrupt it
+        seen.append(line)
+        if "stage 4/5" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=300)[0]
+    assert any("stage 4/5" in line for line in seen), "".join(seen)[-2000:]
+    assert proc.returncode == 130, rest[-2000:]
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    assert rest.strip().splitlines()[-1].startswith("interrupted: every finished run is stored")

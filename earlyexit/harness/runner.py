@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -346,8 +347,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     machine.finish()
     log.info("stage 5/5: FLOPs, cost model and record")
     metrics.update(bench_metrics(cfg, loaded, calibrated, bench))
-    full_tpots = [t for t in bench.primary[0].tpot_s.tolist() if math.isfinite(t)]
-    metrics.update(machine.metrics(full_tpots, bench.profile.to_json()))
+    metrics.update(machine.metrics(noise_samples(bench.primary[0]), bench.profile.to_json()))
     if metrics["machine_busy"] or metrics["profile_inconsistent"]:
         reason = metrics["machine_busy_reason"] or "the cost profile has negative ratios"
         log.warning("this run's timings are unreliable (%s): it is flagged in its record and figures", reason)
@@ -360,6 +360,22 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(format_summary(summary))
     return summary
+
+
+def noise_samples(full: Measured) -> list[float]:
+    """`full`'s time per token, each sample over the median of its own prompt's repeats: prompts of a
+    workload legitimately differ (output length, KV size), repeats of one prompt only by noise, so
+    the spread of these ratios is the machine's. With one repeat, the raw samples."""
+    tpots = full.tpot_s
+    if len(tpots) <= full.prompts:
+        return [t for t in tpots.tolist() if math.isfinite(t)]
+    out = []
+    for p in range(full.prompts):
+        mine = tpots[p :: full.prompts]
+        mine = mine[np.isfinite(mine)]
+        if len(mine) > 1:
+            out.extend((mine / np.median(mine)).tolist())
+    return out
 
 
 def load_stage(cfg: DictConfig) -> Loaded:

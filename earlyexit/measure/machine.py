@@ -173,7 +173,7 @@ def busy(readings: Sequence[Reading], full_tpot_samples: Sequence[float]) -> tup
     spread = tpot_spread(full_tpot_samples)
     if spread is not None and spread > TPOT_SPREAD_LIMIT:
         reasons.append(
-            f"full's time per token spread {spread:.1f}x (max/min over its samples), "
+            f"full's time per token spread {spread:.1f}x (max/min over its repeats of each prompt), "
             f"above {TPOT_SPREAD_LIMIT:g}x"
         )
     stolen = steal_share(readings[0], readings[-1]) if readings else None

@@ -415,3 +415,23 @@ def test_ctrl_c_ends_with_one_line(tmp_path):
     assert proc.returncode == 130, rest[-2000:]
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
     assert rest.strip().splitlines()[-1].startswith("interrupted: every finished run is stored")
+
+
+def test_the_noise_spread_compares_repeats_of_one_prompt_not_prompts():
+    """Prompts differ legitimately (a 2-token answer vs a 48-token completion); only repeats of the
+    same prompt measure the machine's noise."""
+    from earlyexit.decoding import DecodeStats
+    from earlyexit.harness.runner import noise_samples
+    from earlyexit.measure.machine import tpot_spread
+    from earlyexit.measure.protocol import Measured
+
+    def stats(tpot: float) -> DecodeStats:
+        return DecodeStats(tokens=11, ttft_s=0.0, total_s=10 * tpot)
+
+    slow, fast = 0.05, 0.005  # ten times apart
+    quiet = Measured("full", samples=[stats(slow), stats(fast), stats(slow), stats(fast)], prompts=2)
+    assert tpot_spread(noise_samples(quiet)) == pytest.approx(1.0)
+    noisy = Measured("full", samples=[stats(slow), stats(fast), stats(4 * slow), stats(fast)], prompts=2)
+    assert tpot_spread(noise_samples(noisy)) == pytest.approx(4.0)
+    once = Measured("full", samples=[stats(slow), stats(fast)], prompts=2)
+    assert tpot_spread(noise_samples(once)) == pytest.approx(10.0)  # one repeat: the raw samples

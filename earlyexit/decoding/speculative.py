@@ -20,7 +20,7 @@ Precision: every emitted token is the argmax of final logits, so in float32 and 
 output equals `full`'s. In float16/bfloat16 the verification pass (several rows) and `full`'s
 decode step (one row) round differently, by a few units in the last place, so the two agree up
 to the first near-tie (a position where `full`'s top two logits are that close) and may part
-there; that is what "lossless" means in half precision (README, "Decoding modes").
+there; that is what "lossless" means in half precision (docs/engine.md, "Lossless in half precision").
 """
 
 from __future__ import annotations

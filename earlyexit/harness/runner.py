@@ -493,7 +493,7 @@ def _lossless_check(cfg: DictConfig, result: WorkloadResult) -> None:
     message = f"{cfg.mode.name} is lossless but its output differs from full's on {where}"
     if cfg.model.dtype in ("float32", "float64"):
         raise RuntimeError(message)
-    log.warning("%s (half precision: a near-tie may part them; README, Decoding modes)", message)
+    log.warning("%s (half precision: a near-tie may part them; docs/engine.md)", message)
 
 
 def workload_record(cfg: DictConfig, bench: Benchmarked, num_layers: int) -> dict[str, Any]:

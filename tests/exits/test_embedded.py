@@ -27,7 +27,7 @@ from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model
 HEAD_FILES = sorted((EMBEDDED_MODEL_DIR / "heads").glob("*.safetensors"))
 pytestmark = pytest.mark.skipif(
     not (EMBEDDED_MODEL_DIR / "model.safetensors").exists() or not HEAD_FILES,
-    reason="embedded model or its shipped heads missing (see README: reproducing the embedded model)",
+    reason="embedded model or its shipped heads missing (see docs/embedded-model.md: rebuilding it)",
 )
 
 
@@ -169,7 +169,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def test_low_precision_lossless_means_equal_up_to_a_near_tie(held_prompts, policies):
-    """bfloat16 on CPU: the README's definition of lossless in half precision. A verification pass
+    """bfloat16 on CPU: docs/engine.md's definition of lossless in half precision. A verification pass
     (several rows) and a decode step (one row) round differently, so for the same prefix their final
     logits may differ by a few units in the last place (ulp). A lossless mode must therefore equal
     `full` up to the first position where they differ, and there `full`'s logit margin between its

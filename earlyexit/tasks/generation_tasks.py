@@ -85,14 +85,19 @@ def _eos_text(tokenizer: Any) -> str | None:
     return None if eos is None else tokenizer.decode([eos])
 
 
-def _prompt(instance: Any, tokenizer: Any, max_length: int, eos: str | None) -> tuple[WorkloadPrompt, bool]:
+def _prompt(
+    instance: Any, tokenizer: Any, max_length: int, eos: str | None, gen_cap: int | None = None
+) -> tuple[WorkloadPrompt, bool]:
     """One lm-eval request as lm-eval's HF model would run it: the context's tokens cut from the
     left to ``max_length - max_gen_toks``, the task's ``until`` plus EOS as stops. Returns the
-    prompt and whether it was cut."""
+    prompt and whether it was cut. ``gen_cap`` caps the task's budget first (a CPU run of
+    humaneval's 1024 tokens would leave no room for its prompt in a 1024-token context)."""
     context, gen_kwargs = instance.args[0], instance.args[1]
     kwargs = normalize_gen_kwargs(dict(gen_kwargs or {}), DEFAULT_MAX_GEN_TOKS)
     until = handle_stop_sequences(list(kwargs.get("until") or []), eos)
     max_gen = int(kwargs["max_gen_toks"])
+    if gen_cap is not None:
+        max_gen = min(max_gen, gen_cap)
     room = max_length - max_gen
     if room < 1:
         raise ValueError(
@@ -117,7 +122,9 @@ def _scorer(lm_task: Any) -> Scorer:
     return score
 
 
-def _note(task: ResolvedTask, built: BuiltTask, lm_task: Any, cut: int, total: int) -> str:
+def _note(
+    task: ResolvedTask, built: BuiltTask, lm_task: Any, cut: int, total: int, gen_cap: int | None = None
+) -> str:
     """What a reader of this workload's numbers must know: its data, shots, skips, truncation."""
     shots = lm_task.get_config("num_fewshot") or 0
     parts = [task.note] if task.note else []
@@ -131,6 +138,8 @@ def _note(task: ResolvedTask, built: BuiltTask, lm_task: Any, cut: int, total: i
         parts.append(f"{shots}-shot, examples from the {split} split")
     if cut:
         parts.append(f"{cut} of {total} prompts cut from the left to fit max_length - max_gen_toks")
+    if gen_cap is not None:
+        parts.append(f"max new tokens capped at {gen_cap} (bench.gen_cap)")
     repeats = lm_task.get_config("repeats") or 1
     if repeats > 1:
         parts.append(f"lm-eval samples {repeats} generations per prompt; one is scored here")
@@ -145,6 +154,7 @@ def lm_eval_workload(
     seed: int = 0,
     *,
     confirm_run_unsafe_code: bool = False,
+    gen_cap: int | None = None,
 ) -> Workload:
     """The first ``limit`` documents of an lm-eval ``generate_until`` task as a workload.
 
@@ -155,6 +165,7 @@ def lm_eval_workload(
     default 256) and its stops the task's ``until`` plus the EOS text. Scores are lm-eval's for the
     same texts. A log-likelihood task raises ValueError: it has no generation to time.
     ``confirm_run_unsafe_code`` (with ``HF_ALLOW_CODE_EVAL=1``) lets humaneval keep its metric.
+    ``gen_cap`` caps every prompt's budget (``bench.gen_cap``), said in the note.
     """
     _refuse_non_generation(task)
     built = build_resolved(task, code_execution_allowed(confirm_run_unsafe_code))
@@ -164,7 +175,7 @@ def lm_eval_workload(
     lm_task.set_fewshot_seed(seed=seed)
     lm_task.build_all_requests(limit=limit, rank=0, world_size=1)
     eos = _eos_text(tokenizer)
-    made = [_prompt(inst, tokenizer, max_length, eos) for inst in lm_task.instances]
+    made = [_prompt(inst, tokenizer, max_length, eos, gen_cap) for inst in lm_task.instances]
     prompts = [p for p, _ in made]
     metrics = built.metrics
     aggregation, better = lm_task.aggregation(), lm_task.higher_is_better()
@@ -178,5 +189,5 @@ def lm_eval_workload(
         scorer=_scorer(lm_task) if metrics else None,
         aggregations={m: aggregation.get(base[m]) or lm_eval_mean for m in metrics},
         higher_is_better={m: bool(better[base[m]]) for m in metrics if better.get(base[m]) is not None},
-        note=_note(task, built, lm_task, sum(cut for _, cut in made), len(made)),
+        note=_note(task, built, lm_task, sum(cut for _, cut in made), len(made), gen_cap),
     )

@@ -135,7 +135,13 @@ def build_workloads(
 
             unsafe = _task_kwargs(task)["confirm_run_unsafe_code"]
             wl = lm_eval_workload(
-                resolved[name], tokenizer, limit, max_length, seed, confirm_run_unsafe_code=unsafe
+                resolved[name],
+                tokenizer,
+                limit,
+                max_length,
+                seed,
+                confirm_run_unsafe_code=unsafe,
+                gen_cap=gen_cap,
             )
         if len(wl.prompts) < limit:
             log.warning(

@@ -355,3 +355,13 @@ def test_the_project_tasks_register_like_lm_evals(tmp_path):
 def test_domains_fall_back_to_a_generic_phrase():
     assert task_domain("humaneval_plus") == "Python code" and task_domain("gsm8k_cot") == "math word problems"
     assert task_domain("some_new_task") == "text"
+
+
+def test_a_budget_cap_leaves_room_for_long_budgets_and_is_noted(tokenizer, tmp_path):
+    """humaneval's 1024-token budget fills a 1024-token context; bench.gen_cap makes room for it."""
+    (task,) = resolve_tasks(["humaneval"], data_dir=_data(tmp_path, "humaneval"))
+    with pytest.raises(ValueError, match="max_gen_toks=1024 leaves no room for a prompt"):
+        lm_eval_workload(task, tokenizer, None, 1024)
+    wl = lm_eval_workload(task, tokenizer, None, 1024, gen_cap=32)
+    assert [p.max_new_tokens for p in wl.prompts] == [32]
+    assert "max new tokens capped at 32 (bench.gen_cap)" in wl.note

@@ -365,3 +365,19 @@ def test_a_budget_cap_leaves_room_for_long_budgets_and_is_noted(tokenizer, tmp_p
     wl = lm_eval_workload(task, tokenizer, None, 1024, gen_cap=32)
     assert [p.max_new_tokens for p in wl.prompts] == [32]
     assert "max new tokens capped at 32 (bench.gen_cap)" in wl.note
+
+
+def test_a_limit_beyond_the_task_keeps_every_prompt_and_says_so(tokenizer, tmp_path, caplog):
+    import torch
+
+    from earlyexit.tasks.workloads import build_workloads
+
+    data = _data(tmp_path, "nq_open")
+    have = len(ROWS["nq_open"])
+    with caplog.at_level(logging.WARNING):
+        (wl,) = build_workloads(
+            ["nq_open"], tokenizer, torch.arange(100), limit=have + 5, prompt_len=8, max_new_tokens=8,
+            max_length=512, task={"data_dir": str(data), "offline": True},
+        )  # fmt: skip
+    assert len(wl.prompts) == have
+    assert f"workload nq_open has {have} prompts, fewer than bench.limit={have + 5}: all kept" in caplog.text

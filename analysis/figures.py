@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
+from analysis.acceptance import excluded_runs, group_ratios, heads_words, kept_heads
+from analysis.accuracy import Z95, mean_delta_se
 from analysis.load import (
     COST_CATEGORIES,
     THRESHOLD_MODES,
@@ -25,7 +30,7 @@ from analysis.load import (
 )
 from analysis.measures import (
     MODE_ORDER,
-    acceptance_ratio,
+    PREDICTION_BAND,
     prediction_error_by_mode,
     prediction_points,
     speedup_prediction_error,
@@ -45,7 +50,8 @@ from analysis.plotting import (
     panel_grid,
     save,
 )
-from analysis.workload_figures import BUSY_STYLE, workload_figures
+from analysis.published import dssd_published_ratio, load_published
+from analysis.workload_figures import BUSY_LABEL, BUSY_STYLE, spread_labels, workload_figures
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +68,12 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
 
     Series: early-exit per metric and KV strategy (over targets; fill, propagate and skip each form
     their own front, named in the legend and told apart by line style), DSSD per metric (each point
-    a target), the LayerSkip (E, K) grid and full; filled markers are on their series' front, the
-    dashed grey line is the front over all series. Against speedup, each run's paired bootstrap 95%
-    interval is a horizontal bar (records from before the timing protocol have none and get none).
+    a target), the LayerSkip (E, K) grid and full; filled markers are on their series' front,
+    hollow ones off it, the dashed grey line is the front over all series. Only that overall
+    front's runs are labelled (lossless runs share Δ = 0, and labelling them all overprinted);
+    the summary names every other point. Against speedup, each run's paired bootstrap 95%
+    interval is a horizontal bar; the lm-eval accuracy Δ's 95% interval (``analysis.accuracy``)
+    is a vertical one where a standard error is known. The legend names every style drawn.
     """
     xlabel, reference = X_AXES[x]
     y, ylabel = accuracy_axis(df)
@@ -74,53 +83,90 @@ def fig_speed_accuracy(df: pd.DataFrame, x: str = "speedup") -> Figure:
     dropped = len(df) - len(data)
     if dropped:
         log.info("speed-accuracy (%s): %d run(s) without %s or %s left out", x, dropped, x, y)
+    se = mean_delta_se(data) if y == "acc_delta" else pd.Series(np.nan, index=data.index)
+    data = data.assign(_se=se)
     panels = unique(zip(data["model"], data["timing"], strict=True))
-    fig, axes = panel_grid(len(panels))
+    fig, axes = panel_grid(len(panels), width=7.0)
     for ax, (model, timing) in zip(axes, panels, strict=True):
         part = mark_fronts(data[(data["model"] == model) & (data["timing"] == timing)], x, y)
-        colors = iter(f"C{i}" for i in range(100))
-        labelled = 0
-        for group in unique(part["group"]):
-            points = part[part["group"] == group].sort_values(x)
-            color, marker = next(colors), group_marker(group)
-            on = points[points["on_front"]]
-            style = KV_LINESTYLES.get(str(kv_strategy(points).iloc[0]), "-")
-            ax.plot(
-                on[x],
-                on[y],
-                color=color,
-                marker=marker,
-                linestyle=style if len(on) > 1 else "none",
-                label=group,
-                markersize=7,
-            )
-            off = points[~points["on_front"]]
-            ax.scatter(off[x], off[y], marker=marker, facecolors="none", edgecolors=color, s=40)
-            if x == "speedup":
-                _speedup_intervals(ax, points, y, color)
-            if group != "full":
-                for _, row in points.iterrows():
-                    # Lossless runs pile up on y = 0: stagger their labels so that they stay legible.
-                    dy = 4 - 9 * (labelled % 3)
-                    labelled += 1
-                    ax.annotate(
-                        run_label(row),
-                        (row[x], row[y]),
-                        textcoords="offset points",
-                        xytext=(4, dy),
-                        fontsize=7,
-                        color=color,
-                    )
-        _busy_points(ax, part, x, y)
-        overall = front(part, x, y, by=["model"])
-        if len(overall) > 1:
-            ax.plot(overall[x], overall[y], color="0.4", linestyle="--", linewidth=1, label="overall front")
+        _speed_accuracy_panel(ax, part, x, y)
         ax.axhline(0.0, color="0.7", linewidth=0.8, linestyle=":")
         ax.axvline(reference, color="0.7", linewidth=0.8, linestyle=":")
         title = model_title(model, part) + ("" if timing == "eager" else f" · {timing}")
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        ax.legend(fontsize=7)
+    fig.canvas.draw()  # lay the panels out first, so labels are spread where they will be drawn
+    for ax in axes:
+        spread_labels(ax)
     return fig
+
+
+def _speed_accuracy_panel(ax: Axes, part: pd.DataFrame, x: str, y: str) -> None:
+    """One panel: each series (filled on its front, hollow off it, intervals), busy runs, the
+    overall front with its runs labelled, and a legend naming every style drawn."""
+    colors = {group: f"C{i % 10}" for i, group in enumerate(unique(part["group"]))}
+    handles: list = []
+    for group, color in colors.items():
+        points = part[part["group"] == group].sort_values(x)
+        marker = group_marker(group)
+        style = KV_LINESTYLES.get(str(kv_strategy(points).iloc[0]), "-")
+        on, off = points[points["on_front"]], points[~points["on_front"]]
+        line = style if len(on) > 1 else "none"
+        ax.plot(on[x], on[y], color=color, marker=marker, linestyle=line, label=group, markersize=7)
+        if not off.empty:
+            hollow = {"mfc": "none", "mec": color, "label": f"_off {group}"}
+            ax.plot(off[x], off[y], linestyle="none", marker=marker, **hollow)
+        if x == "speedup":
+            _speedup_intervals(ax, points, y, color)
+        _accuracy_intervals(ax, points, x, y, color)
+        handles.append(Line2D([], [], color=color, marker=marker, linestyle=line, label=group))
+    _busy_points(ax, part, x, y)
+    overall = front(part, x, y, by=["model"])
+    if len(overall) > 1:
+        ax.plot(overall[x], overall[y], color="0.4", linestyle="--", linewidth=1, gid="overall_front")
+    for _, row in overall[overall["mode"] != "full"].iterrows():
+        ax.annotate(
+            run_label(row),
+            (row[x], row[y]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+            color=colors[row["group"]],
+        )
+    handles += _accuracy_style_handles(ax, part, overall)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _accuracy_style_handles(ax: Axes, part: pd.DataFrame, overall: pd.DataFrame) -> list:
+    """Legend entries for the styles that are not a series, each only where it was drawn."""
+    gids = {c.get_gid() for c in ax.collections}
+    filled = "filled: on its series' front"
+    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", label=filled)]
+    if (~part["on_front"]).any():
+        label = "hollow: off its series' front"
+        handles.append(Line2D([], [], marker="o", mfc="none", color="0.3", linestyle="none", label=label))
+    if len(overall) > 1:
+        handles.append(Line2D([], [], color="0.4", linestyle="--", label="overall front (its runs labelled)"))
+    if "speedup_ci" in gids:
+        handles.append(Line2D([], [], color="0.5", linewidth=1.2, label="speedup 95% interval"))
+    if "accuracy_ci" in gids:
+        bar = Line2D([], [], color="0.5", marker="|", markersize=12, linestyle="none")
+        bar.set_label("accuracy Δ 95% interval")
+        handles.append(bar)
+    if "busy" in gids:
+        handles.append(Patch(facecolor="0.88", edgecolor="0.45", hatch="////", label=BUSY_LABEL))
+    return handles
+
+
+def _accuracy_intervals(ax: Axes, points: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """The accuracy Δ's 95% interval as a vertical bar, where its standard error is known and not
+    0 (a lossless run that reproduced full has Δ = 0 exactly). ``gid`` names them for tests."""
+    se = points["_se"].astype(float) if "_se" in points else pd.Series(np.nan, index=points.index)
+    shown = points[np.isfinite(se) & (se > 0)]
+    if shown.empty:
+        return
+    half = Z95 * shown["_se"].astype(float)
+    bars = ax.vlines(shown[x], shown[y] - half, shown[y] + half, colors=color, linewidth=1.0, alpha=0.7)
+    bars.set_gid("accuracy_ci")
 
 
 def _busy_points(ax, part: pd.DataFrame, x: str, y: str) -> None:
@@ -129,8 +175,7 @@ def _busy_points(ax, part: pd.DataFrame, x: str, y: str) -> None:
     from the data points in tests."""
     busy = part[part["busy"].astype(bool)] if "busy" in part else part.iloc[:0]
     if not busy.empty:
-        label = "busy machine (off the fronts)"
-        ax.scatter(busy[x], busy[y], marker="o", s=90, zorder=2, gid="busy", label=label, **BUSY_STYLE)
+        ax.scatter(busy[x], busy[y], marker="o", s=90, zorder=2, gid="busy", label=BUSY_LABEL, **BUSY_STYLE)
 
 
 def _speedup_intervals(ax, points: pd.DataFrame, y: str, color: str) -> None:
@@ -257,51 +302,76 @@ def fig_calibration(df: pd.DataFrame) -> Figure:
             xlabel="calibration target (agreement)",
             ylabel="achieved held-out agreement",
         )
-        ax.legend(fontsize=7)
+        handles, _ = ax.get_legend_handles_labels()
+        dot = Line2D([], [], marker="o", color="0.5", alpha=0.6, linestyle="none", markersize=4)
+        dot.set_label("one head (small points, coloured by metric)")
+        ax.legend(handles=[*handles, dot], fontsize=7)
     return fig
 
 
-def fig_acceptance(df: pd.DataFrame) -> Figure:
-    """(e) Draft acceptance rate of DSSD (per metric and target) beside the LayerSkip (E, K) grid,
-    with the best-vs-best ratio the DSSD paper reports against a tuned LayerSkip baseline.
+def fig_acceptance(df: pd.DataFrame, published: pd.DataFrame | None = None) -> Figure:
+    """(e) Draft acceptance rate of DSSD (per metric, target and heads kept) beside the LayerSkip
+    (E, K) grid, with the best-vs-best ratio the DSSD paper reports against a tuned LayerSkip
+    baseline, computed only within comparable runs (``analysis.acceptance``: same model, heads
+    and workload; DSSD runs that kept one head are hatched and left out, since they are not the
+    multi-head method the ratio measures).
 
-    Bars: head drafts only. Black ticks: full-model tokens counted as accepted drafts, as the
-    public DSSD demo counts them (records from before that count have none); the title gives the
-    ratio under each definition, named."""
+    Bars: head drafts only, each labelled with the heads it could exit at (all or priced). Black
+    ticks: full-model tokens counted as accepted drafts, as the public DSSD demo counts them
+    (records from before that count have none). Dashed line: the published ratio times the best
+    comparable LayerSkip acceptance, the DSSD acceptance the published ratio would predict; the
+    title gives our ratio under each definition, named, beside the published one."""
     spec = df[df["mode"].isin(["dssd", "layerskip"]) & np.isfinite(df["acceptance_rate"].astype(float))]
     if spec.empty:
         raise NoData("no DSSD or LayerSkip run with an acceptance rate")
+    published_ratio = dssd_published_ratio(load_published() if published is None else published)
     models = unique(spec["model"])
-    fig, axes = panel_grid(len(models), width=6.0)
+    fig, axes = panel_grid(len(models), width=7.0)
     for ax, model in zip(axes, models, strict=True):
         part = spec[spec["model"] == model].sort_values(
             ["mode", "metric", "target", "exit_layer", "draft_length"]
         )
-        labels = [_acceptance_label(row) for _, row in part.iterrows()]
-        colors = ["C0" if m == "dssd" else "C1" for m in part["mode"]]
-        ax.barh(range(len(part)), part["acceptance_rate"], color=colors)
-        demo = pd.to_numeric(part["acceptance_rate_demo"], errors="coerce").to_numpy(dtype=float)
-        if np.isfinite(demo).any():
-            ax.scatter(
-                demo,
-                range(len(part)),
-                marker="|",
-                color="black",
-                s=120,
-                zorder=3,
-                gid="acceptance_demo",
-                label="full-model tokens counted as drafts (DSSD demo)",
-            )
-            ax.legend(fontsize=6, loc="lower right")
-        ax.set_yticks(range(len(part)), labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set(
-            title=f"{model_title(model)} · {_ratio_note(part)}",
-            xlabel="acceptance rate (accepted / drafted), bars: head drafts only",
-            xlim=(0, 1.0),
-        )
-        ax.title.set_fontsize(8)
+        _acceptance_panel(ax, part, published_ratio)
+        ax.set_title(f"{model_title(model)} · {_ratio_note(part, published_ratio)}", fontsize=8)
     return fig
+
+
+def _acceptance_panel(ax: Axes, part: pd.DataFrame, published_ratio: float) -> None:
+    """The bars (degenerate DSSD runs hatched), demo ticks, the published ratio's line per
+    comparable group, and a legend naming each."""
+    several = len(unique(part["heads"])) > 1
+    labels = [_acceptance_label(row, several) for _, row in part.iterrows()]
+    left_out = part.index.isin(excluded_runs(part).index)
+    colors = ["C0" if m == "dssd" else "C1" for m in part["mode"]]
+    bars = ax.barh(range(len(part)), part["acceptance_rate"], color=colors)
+    for bar, out in zip(bars, left_out, strict=True):
+        if out:
+            bar.set(alpha=0.45, hatch="///", gid="left_out")
+    handles: list = [Patch(color="C0", label="DSSD"), Patch(color="C1", label="LayerSkip")]
+    if left_out.any():
+        label = "DSSD, one head kept: not in the ratio"
+        handles.append(Patch(facecolor="C0", alpha=0.45, hatch="///", label=label))
+    demo = pd.to_numeric(part["acceptance_rate_demo"], errors="coerce").to_numpy(dtype=float)
+    if np.isfinite(demo).any():
+        label = "full-model tokens counted as drafts (DSSD demo)"
+        ax.scatter(demo, range(len(part)), marker="|", color="black", s=120, zorder=3, gid="acceptance_demo")
+        tick = Line2D([], [], marker="|", color="black", linestyle="none", markersize=10)
+        tick.set_label(label)
+        handles.append(tick)
+    right = 1.0
+    if np.isfinite(published_ratio):
+        for i, group in enumerate(group_ratios(part)):
+            at = published_ratio * float(group.layerskip["acceptance_rate"])
+            style = ("--", ":", "-.")[i % 3]
+            ax.axvline(at, color="0.3", linestyle=style, linewidth=1, gid="published_ratio")
+            words = f"published ratio {published_ratio:g} × best LayerSkip"
+            words += f", {heads_words(group)}" if several else ""
+            handles.append(Line2D([], [], color="0.3", linestyle=style, label=words))
+            right = max(right, 1.05 * at)
+    ax.set_yticks(range(len(part)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="acceptance rate (accepted / drafted), bars: head drafts only", xlim=(0, right))
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 # Short names of the acceptance definitions (analysis.measures.ACCEPTANCE_DEFINITIONS) for a title.
@@ -311,19 +381,43 @@ ACCEPTANCE_SHORT = {
 }
 
 
-def _ratio_note(part: pd.DataFrame) -> str:
-    """Best DSSD / best LayerSkip under each acceptance definition that the runs have, named."""
-    ratios = {column: acceptance_ratio(part, column) for column in ACCEPTANCE_SHORT}
-    notes = [f"{v:.2f}× ({ACCEPTANCE_SHORT[c]})" for c, v in ratios.items() if np.isfinite(v)]
+def _ratio_note(part: pd.DataFrame, published_ratio: float = float("nan")) -> str:
+    """Best DSSD / best LayerSkip within each comparable group under each acceptance definition
+    that the runs have, named; the published ratio beside it; how many one-head DSSD runs were
+    left out."""
+    groups = {c: group_ratios(part, c) for c in ACCEPTANCE_SHORT}
+    several = len(groups["acceptance_rate"]) > 1 or len(unique(part["heads"])) > 1
+    notes = [
+        (f"{heads_words(g)}: " if several else "") + f"{g.ratio:.2f}× ({ACCEPTANCE_SHORT[c]})"
+        for c, ratios in groups.items()
+        for g in ratios
+    ]
     if not notes:
-        return "needs both modes"
-    return "best DSSD / best LayerSkip = " + "\n".join(notes)
+        text = "ratio: needs DSSD (more than one head kept) and LayerSkip on the same heads"
+    else:
+        text = "best DSSD / best LayerSkip = " + "\n".join(notes)
+    if notes and np.isfinite(published_ratio):
+        text += f"\npublished: {published_ratio:g}× (DSSD paper)"
+    left_out = len(excluded_runs(part))
+    if left_out:
+        text += f"\n{left_out} one-head DSSD run(s) left out of the ratio"
+    return text
 
 
-def _acceptance_label(row: pd.Series) -> str:
+def _acceptance_label(row: pd.Series, name_arch: bool = False) -> str:
+    """A bar's label: the run, and for DSSD the heads it could exit at, so that runs differing
+    only in ``calibration.heads`` never share a label; the head architecture where several ran."""
+    arch = f" · {row['heads']} heads" if name_arch and isinstance(row.get("heads"), str) else ""
     if row["mode"] == "dssd":
-        return f"DSSD {row['metric']} {run_label(row)}"
-    return f"LayerSkip {run_label(row)}"
+        return f"DSSD {row['metric']} {run_label(row)} · {heads_used(row)}{arch}"
+    return f"LayerSkip {run_label(row)}{arch}"
+
+
+def heads_used(row: pd.Series) -> str:
+    """ "all heads (1 2 4 5)" or "priced heads (3)": the choice and the heads kept, where recorded."""
+    kept = kept_heads(row)
+    choice = row.get("head_choice") if isinstance(row.get("head_choice"), str) else "all"
+    return f"{choice} heads" + ("" if kept is None else f" ({' '.join(map(str, kept)) or 'none'})")
 
 
 def _predicted(df: pd.DataFrame) -> pd.DataFrame:
@@ -380,9 +474,6 @@ def fig_time_breakdown(df: pd.DataFrame) -> Figure:
         )
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
-
-
-PREDICTION_BAND = 0.15
 
 
 def _prediction_panel(

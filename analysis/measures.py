@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from analysis.acceptance import group_ratios, heads_words
 from analysis.load import COST_CATEGORIES, kv_strategy
 from analysis.pareto import run_label, run_name
 
@@ -23,17 +24,13 @@ ACCEPTANCE_DEFINITIONS = {
 
 
 def acceptance_ratio(df: pd.DataFrame, column: str = "acceptance_rate") -> float:
-    """Best DSSD acceptance over best LayerSkip acceptance, as the DSSD paper compares against a
-    manually tuned LayerSkip baseline, under the definition ``column`` holds (see
-    ``ACCEPTANCE_DEFINITIONS``); NaN if either mode is missing or predates the column."""
-    if column not in df:
-        return float("nan")
-    rate = pd.to_numeric(df[column], errors="coerce")
-    dssd = rate[df["mode"] == "dssd"].max()
-    layerskip = rate[df["mode"] == "layerskip"].max()
-    if not (np.isfinite(dssd) and np.isfinite(layerskip)) or layerskip <= 0:
-        return float("nan")
-    return float(dssd / layerskip)
+    """Best DSSD acceptance over best LayerSkip acceptance on the same model and heads, as the DSSD
+    paper compares against a manually tuned LayerSkip baseline, under the definition ``column``
+    holds (see ``ACCEPTANCE_DEFINITIONS``). DSSD runs that kept one head are left out
+    (``analysis.acceptance``). NaN unless exactly one comparable group has both modes: with
+    several, ``analysis.acceptance.group_ratios`` gives one ratio each."""
+    ratios = group_ratios(df, column)
+    return ratios[0].ratio if len(ratios) == 1 else float("nan")
 
 
 def best_speedup(df: pd.DataFrame, modes: tuple[str, ...]) -> tuple[float, str]:
@@ -47,8 +44,17 @@ def best_speedup(df: pd.DataFrame, modes: tuple[str, ...]) -> tuple[float, str]:
 
 
 def acceptance_ratios(df: pd.DataFrame) -> list[tuple[float, str]]:
-    """The DSSD / LayerSkip acceptance ratio under each definition, each with its definition."""
-    return [(acceptance_ratio(df, column), what) for column, what in ACCEPTANCE_DEFINITIONS.items()]
+    """The DSSD / LayerSkip acceptance ratio under each definition, each with its definition and,
+    where several head sets ran, the heads it compares on; NaN with the definition when no
+    comparable pair has it."""
+    out = []
+    for column, what in ACCEPTANCE_DEFINITIONS.items():
+        ratios = group_ratios(df, column)
+        several = len(ratios) > 1
+        out += [(r.ratio, what + (f" ({heads_words(r)})" if several else "")) for r in ratios]
+        if not ratios:
+            out.append((float("nan"), what))
+    return out
 
 
 def depth_layers(model_shape: object) -> float:
@@ -99,6 +105,8 @@ def best_kv_speedup(df: pd.DataFrame, kv: str = "propagate") -> tuple[float, str
 # from before the cost model (no predicted time) are left out by both.
 
 MODE_ORDER = {"full": 0, "early-exit": 1, "dssd": 2, "layerskip": 3}
+# The cost model's target: a median |prediction error| within this share per mode.
+PREDICTION_BAND = 0.15
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -179,7 +187,7 @@ def speedup_prediction_error(df: pd.DataFrame) -> pd.Series:
 
 
 def prediction_error_by_mode(
-    points: pd.DataFrame, band: float = 0.15, runs: pd.DataFrame | None = None
+    points: pd.DataFrame, band: float = PREDICTION_BAND, runs: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Per model, timing regime and mode: how many points, the median |prediction error| and the
     share within ``band`` (the issue's target: median |error| <= 15% for every mode); with

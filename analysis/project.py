@@ -35,7 +35,15 @@ from analysis.load import (
 )
 from analysis.measures import MODE_ORDER
 from analysis.pareto import run_name
-from analysis.summary import SETTING_HEADER, _num, _text, markdown_table, setting_cells
+from analysis.summary import (
+    ARCH_HEADER,
+    SETTING_HEADER,
+    _num,
+    _text,
+    arch_cell,
+    markdown_table,
+    setting_cells,
+)
 from earlyexit.harness.results import EmptyResultsError
 from earlyexit.measure.cost_model import predict
 from earlyexit.measure.profile import CostProfile
@@ -209,7 +217,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
     header = [
         "model",
         *SETTING_HEADER,
-        "heads",
+        ARCH_HEADER,
         "traced with",
         "projected full ms/token",
         "projected ms/token",
@@ -219,7 +227,7 @@ def markdown(projection: Projection, profile_path: str | Path, source: str) -> s
         [
             _text(r["model"]),
             *setting_cells(r),
-            _text(r["heads"]),
+            arch_cell(r),
             _text(r["timing"]),
             _num(r["projected_full_tpot_ms"], ".4f"),
             _num(r["projected_tpot_ms"], ".4f"),

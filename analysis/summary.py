@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.acceptance import exclusion_note
 from analysis.load import THRESHOLD_MODES, StoreCounts, is_true, kv_strategy, unique
 from analysis.measures import (
     MODE_ORDER,
+    PREDICTION_BAND,
     depth_layers,
     prediction_error_by_mode,
     prediction_points,
     speedup_prediction_error,
 )
 from analysis.pareto import accuracy_axis, mark_fronts
-from analysis.published import CAVEATS, compare, load_published
+from analysis.published import CAVEATS, compare, dssd_published_ratio, load_published
 
-# CALM (arXiv 2207.07061): its T5 1.1 has 8 decoder layers, the depth its layers per token count
-# against; the numbers themselves come from published.csv.
-CALM_ARXIV, CALM_DEPTH = "2207.07061", 8
+# CALM (arXiv 2207.07061): its numbers, model, task and depth all come from published.csv.
+CALM_ARXIV = "2207.07061"
 
 
 def _num(value: object, fmt: str) -> str:
@@ -95,6 +97,24 @@ def setting_cells(row: pd.Series) -> list[str]:
     ]
 
 
+ARCH_HEADER = "head arch"
+
+
+def arch_cell(row: pd.Series) -> str:
+    """The exit heads' architecture (``config.heads.architecture``, with the rank of a low-rank
+    head): two runs that differ only there would otherwise read as one row twice. "—" for full,
+    which decodes without heads."""
+    if row.get("mode") == "full":
+        return "—"
+    arch = row.get("heads")
+    if not isinstance(arch, str):
+        return "—"
+    rank = row.get("head_rank")
+    if isinstance(rank, int | float) and math.isfinite(rank) and rank > 0:
+        arch += f" r={rank:g}"
+    return _text(arch)
+
+
 def heads_cell(row: pd.Series) -> str:
     """Which calibrated heads a thresholded run used: "all", or "priced: 1 5" (the heads kept by
     ``calibration.heads=priced``; "priced: none" when no head paid)."""
@@ -127,6 +147,7 @@ def measured_table(df: pd.DataFrame) -> str:
     header = [
         "model",
         *SETTING_HEADER,
+        ARCH_HEADER,
         "speedup [95% CI]",
         "within noise",
         "FLOPs saved",
@@ -143,6 +164,7 @@ def measured_table(df: pd.DataFrame) -> str:
         [
             _text(r["model"]),
             *setting_cells(r),
+            arch_cell(r),
             speedup_cell(r),
             noise_cell(r),
             _num(r["flops_saved"], "+.1%"),
@@ -174,7 +196,7 @@ def cost_model_section(df: pd.DataFrame) -> str:
         "mode",
         "points",
         "median abs(prediction error)",
-        "within ±15%",
+        f"within ±{PREDICTION_BAND:.0%}",
         "median abs(speedup error)",
     ]
     by_mode = [
@@ -206,6 +228,7 @@ def cost_model_section(df: pd.DataFrame) -> str:
             _num(r["predicted_speedup"], ".2f"),
             _num(r["full_tpot_ms_mean"] / r["tpot_ms_mean"], ".2f"),
             _num(r["_speedup_error"], "+.1%"),
+            arch_cell(r),
         ]
         for _, r in runs.iterrows()
     ]
@@ -222,12 +245,14 @@ def cost_model_section(df: pd.DataFrame) -> str:
         "predicted speedup",
         "measured speedup (means)",
         "speedup error",
+        ARCH_HEADER,
     ]
     intro = (
         "Each run's pass trace priced by the component profile measured on its own device "
         "(`earlyexit.measure.cost_model`), beside its measured mean time per output token; "
         "error = predicted / measured − 1. The `full` row counts every run's full baseline "
-        "(measured beside it) as well as the `full` runs. Target: median abs(error) ≤ 15% per mode. "
+        f"(measured beside it) as well as the `full` runs. Target: median abs(error) ≤ {PREDICTION_BAND:.0%} "
+        "per mode. "
         "The time error also carries the machine's drift between the profile's measurement and the "
         "run (the full baselines' own errors show it); the speedup error (predicted / measured "
         "speedup − 1, the mode and its baseline measured interleaved) cancels that drift and keeps "
@@ -312,41 +337,81 @@ def published_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
             f"Model and task match for: {names}. Every other row differs in model or task (see the "
             "match column) and is context, not a replication."
         )
-    acceptance = (
+    return "\n\n".join([verdict, CAVEATS, acceptance_note(df, published), markdown_table(header, rows)])
+
+
+def acceptance_note(df: pd.DataFrame, published: pd.DataFrame) -> str:
+    """How the DSSD / LayerSkip ratios are taken, beside the published one (read from
+    ``published``), and which DSSD runs were left out of them and why."""
+    ratio = dssd_published_ratio(published)
+    beside = f"the published {ratio:g}×" if math.isfinite(ratio) else "the published ratio"
+    text = (
         'Acceptance is reported two ways (DESIGN.md, "The public DSSD demo, read closely"): over head '
         "drafts only, and with full-model tokens counted as accepted drafts, as the public DSSD demo "
-        "counts them; each DSSD / LayerSkip ratio beside the published 1.66× (a ratio of acceptance "
-        "rates, DSSD's own definition) names the definition it uses."
+        f"counts them; each DSSD / LayerSkip ratio beside {beside} (a ratio of acceptance rates, "
+        "DSSD's own definition) names the definition it uses. A ratio is taken only between DSSD and "
+        "LayerSkip runs on the same model, head architecture and workload, and only over DSSD runs "
+        "that kept more than one head."
     )
-    return "\n\n".join([verdict, CAVEATS, acceptance, markdown_table(header, rows)])
+    note = exclusion_note(df)
+    return text + (" " + note if note else "")
+
+
+def calm_sentence(published: pd.DataFrame) -> str:
+    """CALM's layers per token and estimated speedup, with its model, task, hardware and table, all
+    read from ``published`` (the depth from its setting, "8 decoder layers, ...")."""
+    rows = published[published["arxiv_id"] == CALM_ARXIV]
+    by_metric = {r["metric"]: r for _, r in rows.iterrows()}
+    layers_row, speed_row = by_metric.get("layers_per_token"), by_metric.get("speedup_estimated")
+    if layers_row is None or speed_row is None:
+        return f"No CALM (arXiv {CALM_ARXIV}) layers-per-token row in the published table."
+    layers, speedup = float(layers_row["value"]), float(speed_row["value"])
+    match = re.search(r"(\d+) decoder layers", str(layers_row["setting"]))
+    depth = f" of {match.group(1)} decoder layers" if match else ""
+    share = f" ({layers / float(match.group(1)):.0%} of depth)" if match else ""
+    return (
+        f"CALM (arXiv {CALM_ARXIV}, {_text(layers_row['table_or_figure'])}) propagates an exited token's "
+        f"state to the skipped layers' K/V: {layers:g}{depth} per token{share} and an *estimated* "
+        f"×{speedup:g} on {_text(layers_row['model'])}, {_text(layers_row['task'])}, "
+        f"{_text(layers_row['hardware'])}. Our `propagate` runs below differ in model, task and hardware, "
+        "and our speedups are measured, not estimated: compare layers per token and FLOPs saved as "
+        "scale, not as a replication."
+    )
+
+
+def flops_sentence(runs: pd.DataFrame) -> str:
+    """What each KV strategy's early-exit runs save in FLOPs, as the records say (no strategy is
+    assumed to save none): the range of ``metric.flops_saved`` per strategy."""
+    parts = []
+    for kv in unique(runs["kv"]):
+        saved = pd.to_numeric(runs.loc[runs["kv"] == kv, "flops_saved"], errors="coerce").dropna()
+        if saved.empty:
+            parts.append(f"`{kv}`: not recorded")
+            continue
+        low, high = float(saved.min()), float(saved.max())
+        span = f"{low:+.1%}" if low == high else f"{low:+.1%} to {high:+.1%}"
+        parts.append(f"`{kv}` {span} ({len(saved)} run(s))")
+    return (
+        "FLOPs saved per emitted token against full (1 − the mode's counted FLOPs per token / full's; "
+        "negative: more than full), per KV strategy in these records: " + "; ".join(parts) + "."
+    )
 
 
 def kv_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
     """Early-exit runs per KV strategy (depth, FLOPs saved, accuracy, speed) beside CALM's
     layers per token (from `published`), the one published number for state propagation."""
     runs = df[df["mode"] == "early-exit"].assign(kv=kv_strategy(df))
-    calm_rows = published[published["arxiv_id"] == CALM_ARXIV]
-    layers, speedup = (
-        float(calm_rows.loc[calm_rows["metric"] == m, "value"].iloc[0])
-        for m in ("layers_per_token", "speedup_estimated")
-    )
-    calm = (
-        f"CALM (arXiv {CALM_ARXIV}, Table 2) propagates an exited token's state to the skipped layers' K/V: "
-        f"{layers:g} of {CALM_DEPTH} decoder layers per token ({layers / CALM_DEPTH:.0%} of depth) "
-        f"and an *estimated* ×{speedup:g} on T5 1.1 (8 decoder layers), CNN/DM, TPUv3. Our `propagate` "
-        "runs below differ in model, task and hardware, and our speedups are measured, not estimated: "
-        "compare layers per token and FLOPs saved as scale, not as a replication. `fill` computes every "
-        "layer for every token eventually, so it saves latency but no FLOPs."
-    )
+    calm = calm_sentence(published)
     if runs.empty:
         return calm + "\n\nNo early-exit run in these results."
     runs = runs.sort_values(["model", "timing", "kv", "metric", "target"])
-    header = ["model", "KV", "metric", "target", "layers/token", "share of depth", "FLOPs saved", "acc Δ"]
-    header += ["agreement Δ", "speedup"]
+    header = ["model", "KV", ARCH_HEADER, "metric", "target", "layers/token", "share of depth"]
+    header += ["FLOPs saved", "acc Δ", "agreement Δ", "speedup"]
     rows = [
         [
             _text(r["model"]),
             _text(r["kv"]),
+            arch_cell(r),
             _text(r["metric"]),
             _num(r["target"], "g"),
             _num(r["layers_per_token"], ".2f"),
@@ -358,7 +423,7 @@ def kv_section(df: pd.DataFrame, published: pd.DataFrame) -> str:
         ]
         for _, r in runs.iterrows()
     ]
-    return "\n\n".join([calm, markdown_table(header, rows)])
+    return "\n\n".join([calm, flops_sentence(runs), markdown_table(header, rows)])
 
 
 def figures_section(written: dict[str, list[Path]], skipped: dict[str, str], out_dir: Path) -> str:
@@ -385,6 +450,7 @@ def write_summary(
     """Write ``out_dir/summary.md`` and return its path; ``counts`` (``load.count_store``) says
     how many records the store held beside the runs in ``df``."""
     # Imported here: those sections build on this module's cells and tables.
+    from analysis import accuracy_summary as acc
     from analysis import workload_summary as ws
 
     out = Path(out_dir)
@@ -415,9 +481,11 @@ def write_summary(
         "## Generation workloads: speed–quality fronts",
         ws.fronts_section(df, written or {}, skipped or {}),
         "## Log-likelihood tasks: accuracy only, no speedup",
-        ws.loglikelihood_section(df),
+        acc.loglikelihood_section(df),
         "## Measured",
         measured_table(df),
+        "## Speed–accuracy figures: every point",
+        acc.speed_accuracy_section(df, written or {}),
         "## Cost model: predicted vs measured",
         cost_model_section(df),
         "## Exited tokens' KV: fill, propagate, skip",

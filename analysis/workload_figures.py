@@ -34,6 +34,7 @@ from analysis.workloads import (
     workload_order,
 )
 
+BUSY_LABEL = "busy machine (off the fronts)"
 BUSY_STYLE = {"facecolors": "0.88", "edgecolors": "0.45", "hatch": "////", "linewidths": 0.8}
 FULL_STYLE = {"marker": "*", "color": "black", "s": 140, "zorder": 4}
 LABEL_STEP = 9  # points a label moves down when it would overprint another
@@ -134,7 +135,7 @@ def _style_handles(full_y: float, has_busy: bool) -> list:
         Line2D([], [], color="0.5", linewidth=1.1, label="speedup 95% interval"),
     ]
     if has_busy:
-        busy = Patch(facecolor="0.88", edgecolor="0.45", hatch="////", label="busy machine (off the fronts)")
+        busy = Patch(facecolor="0.88", edgecolor="0.45", hatch="////", label=BUSY_LABEL)
         handles.append(busy)
     return handles
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import StoreCounts, accuracy_columns, is_true, unique
+from analysis.load import StoreCounts, is_true, unique
 from analysis.pareto import run_name
 from analysis.published import CAVEATS, hardware_match, model_match
-from analysis.summary import _num, _text, markdown_table, speedup_cell
+from analysis.summary import ARCH_HEADER, _num, _text, arch_cell, markdown_table, speedup_cell
 from analysis.workloads import (
     file_name,
     headline_metric,
@@ -111,10 +111,16 @@ def speed_cell(row: pd.Series | None) -> str:
     return cell + (f" · {_num(mat, '.1f')} tok/pass" if pd.notna(mat) and cell != "—" else "")
 
 
+RUN_HEADER = ["model", "device", "run", "KV", ARCH_HEADER]
+
+
 def _run_cells(row: pd.Series) -> list[str]:
+    """The cells under ``RUN_HEADER``: KV and head architecture in columns of their own, so that
+    runs differing only there never read as one row twice."""
     name = run_name(row) + ("" if row.get("timing") in ("eager", None) else f" · {row['timing']}")
     device = row.get("device_name") if pd.notna(row.get("device_name")) else row.get("device")
-    return [_text(row["model"]), _text(device), name + (" (busy machine)" if row["busy"] else "")]
+    name += " (busy machine)" if is_true(row.get("busy")) else ""
+    return [_text(row["model"]), _text(device), name, _text(row.get("kv")), arch_cell(row)]
 
 
 def speed_table(wf: pd.DataFrame, overall: pd.DataFrame) -> str:
@@ -128,13 +134,14 @@ def speed_table(wf: pd.DataFrame, overall: pd.DataFrame) -> str:
         cells = [speed_cell(mine.loc[w] if w in mine.index else None) for w in order]
         cells.append(speed_cell(pooled.loc[run["run_id"]]) if run["run_id"] in pooled.index else "—")
         rows.append([*_run_cells(run), *cells])
-    return markdown_table(["model", "device", "run", *(column_header(wf, w) for w in order), "overall"], rows)
+    return markdown_table([*RUN_HEADER, *(column_header(wf, w) for w in order), "overall"], rows)
 
 
 def detail_table(wf: pd.DataFrame) -> str:
     """Per run and workload: decode speedup, tokens/s and latencies beside full's, acceptance under
     both definitions, whether the outputs equal full's, and how many paired samples were timed."""
-    header = ["workload", "model", "run", "decode speedup [95% CI]", "tok/s (full)", "TTFT ms (full)"]
+    header = ["workload", "model", "run", "KV", ARCH_HEADER, "decode speedup [95% CI]", "tok/s (full)"]
+    header += ["TTFT ms (full)"]
     header += ["TPOT ms (full)", "acceptance", "acceptance (demo)", "outputs = full", "samples"]
     rows = []
     for workload in workload_order(wf):
@@ -144,7 +151,7 @@ def detail_table(wf: pd.DataFrame) -> str:
                 [
                     workload,
                     _text(r["model"]),
-                    _run_cells(r)[2],
+                    *_run_cells(r)[2:],
                     speedup_cell(decode_row(r)),
                     f"{_num(r['tokens_per_s'], '.1f')} ({_num(r['full_tokens_per_s'], '.1f')})",
                     f"{_num(r['ttft_ms'], '.1f')} ({_num(r['full_ttft_ms'], '.1f')})",
@@ -259,7 +266,7 @@ def quality_cell(row: pd.Series | None, metric: str) -> str:
 def quality_table(wf: pd.DataFrame, pairs: list[tuple[str, str]]) -> str:
     """Rows: runs; columns: each (workload, metric) with the direction that is better."""
     runs = run_order(wf.drop_duplicates("run_id"))
-    header = ["model", "device", "run"]
+    header = list(RUN_HEADER)
     for workload, metric in pairs:
         arrow = "↑" if higher_is_better(wf[wf["workload"] == workload], metric) else "↓"
         header.append(f"{column_header(wf, workload)}: {metric} {arrow}")
@@ -346,42 +353,6 @@ def fronts_section(df: pd.DataFrame, written: dict[str, list[Path]], skipped: di
                 groups.append(f"{label}: {named}")
         lines.append(f"- `{workload}` ({links or 'not drawn'}), y = {metric}: " + "; ".join(groups) + ".")
     return "Each point is (speedup on the workload, quality).\n\n" + "\n".join(lines)
-
-
-# ---------------------------------------------------------------- log-likelihood accuracy
-
-
-def _reproduces_full(row: pd.Series) -> bool:
-    """A lossless mode whose outputs were not found to differ from full's (as ``load.tidy`` rules)."""
-    equal = row.get("outputs_equal_full")
-    return bool(row.get("lossless")) and not (isinstance(equal, bool | np.bool_) and not equal)
-
-
-def loglikelihood_section(df: pd.DataFrame) -> str:
-    """Each run's accuracy per lm-eval log-likelihood task beside full's, labelled as such."""
-    chosen = accuracy_columns(df)
-    rows = []
-    for _, r in df.iterrows():
-        for suffix in chosen:
-            ours = r.get(f"metric.acc.{suffix}")
-            delta = r.get(f"metric.acc_delta.{suffix}")
-            if pd.isna(ours) and pd.isna(delta):
-                continue
-            task, _, metric = suffix.partition(".")
-            shown = "+0.000 (lossless)" if _reproduces_full(r) and pd.isna(delta) else _num(delta, "+.3f")
-            rows.append(
-                [_text(r["model"]), run_name(r), task, metric, _num(ours, ".3f")]
-                + [_num(r.get(f"metric.acc_full.{suffix}"), ".3f"), shown]
-            )
-    intro = f"{LOGLIKELIHOOD_LABEL[0].upper()}{LOGLIKELIHOOD_LABEL[1:]}."
-    if not rows:
-        return intro + " No run measured a log-likelihood task (`task=none`)."
-    tasks = unique(s.partition(".")[0] for s in chosen)
-    intro += (
-        f" {len(rows)} result(s) over {len(tasks)} task(s); per task the first of acc, acc_norm, "
-        "exact_match and f1 that it reports (perplexities are left out)."
-    )
-    return "\n\n".join([intro, markdown_table(["model", "run", "task", "metric", "ours", "full", "Δ"], rows)])
 
 
 # ---------------------------------------------------------------- published generation numbers beside ours

@@ -71,6 +71,7 @@ RUN_COLUMNS = (
     "head_choice",
     "heads_kept",
     "heads",
+    "head_rank",
     "exit_layer",
     "draft_length",
     "lossless",
@@ -120,7 +121,8 @@ def series_name(rec: pd.Series, name_heads: bool) -> str:
     """``run_name``, with the heads' architecture added where runs of several architectures are
     shown together (otherwise two runs could share one name in a table)."""
     heads = rec.get("heads")
-    return run_name(rec) + (f" · {heads} heads" if name_heads and isinstance(heads, str) else "")
+    named = name_heads and isinstance(heads, str) and rec.get("mode") != "full"  # full runs no head
+    return run_name(rec) + (f" · {heads} heads" if named else "")
 
 
 def _workload_row(

@@ -343,6 +343,8 @@ def test_spec_bench_table_shows_speedup_interval_and_accepted_tokens_per_workloa
         "model",
         "device",
         "run",
+        "KV",
+        "head arch",
         stdlib_col,
         cnn_col,
         "heldout (Python code, 16 prompts)",
@@ -400,8 +402,16 @@ def test_loglikelihood_accuracy_has_its_own_table_labelled_as_such(summary):
         "ours": "0.500",
         "full": "0.550",
         "Δ": "-0.050",
+        "KV": "fill",
+        "head arch": "—",  # not recorded in these records
+        # No stderr and no task.limit in these records: no interval, and the table says why.
+        "Δ 95% interval": "—",
+        "interval from": "none: no stderr or document count recorded",
     }
     assert rows[LS_NAME]["Δ"] == "+0.000 (lossless)"
+    assert rows[LS_NAME]["Δ 95% interval"] == "[+0.000, +0.000]"
+    assert rows[LS_NAME]["interval from"] == "lossless: outputs equal full's"
+    assert "1 result(s) have neither, so no interval (and no bar in the figures)." in text
     assert "2 result(s) over 1 task(s)" in text
 
 

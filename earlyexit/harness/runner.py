@@ -784,7 +784,10 @@ def accuracy(
         out[f"task_split.{task.name}"] = task.split
     for task, scores in full.items():
         for name, value in scores.items():
-            if name.endswith("_stderr"):
+            if name.endswith("_stderr"):  # kept beside its metric (analysis draws the interval)
+                out[f"acc_full.{task}.{name}"] = value
+                if name in early.get(task, {}):
+                    out[f"acc.{task}.{name}"] = early[task][name]
                 continue
             mine = early.get(task, {}).get(name, math.nan)
             out[f"acc.{task}.{name}"] = mine

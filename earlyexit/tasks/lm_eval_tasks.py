@@ -499,10 +499,41 @@ def evaluate(
                 tasks=names,
                 task_manager=manager,
                 limit=limit,
-                bootstrap_iters=0,
-                log_samples=False,
+                bootstrap_iters=0,  # lm-eval's bootstrap spawns a process pool; stderrs come from samples
+                log_samples=True,
             )
-    return {task: _plain_metrics(values) for task, values in out["results"].items() if task in names}
+    samples = out.get("samples") or {}
+    return {
+        task: {**_plain_metrics(values), **_sample_stderrs(samples.get(task) or [])}
+        for task, values in out["results"].items()
+        if task in names
+    }
+
+
+# Per-document values of these are log-likelihoods aggregated by exp/log formulas, not means.
+NOT_MEANS = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+
+
+def _sample_stderrs(samples: Sequence[dict]) -> dict[str, float]:
+    """Standard error of the mean of each per-document numeric metric (acc, exact_match, ...):
+    sample standard deviation / sqrt(n), the formula lm-eval's ``mean_stderr`` uses. Metrics whose
+    per-document values are not numbers (perplexity's pairs) get none."""
+    values: dict[str, list[float]] = {}
+    for sample in samples:
+        filt = sample.get("filter", "none")
+        for key in sample.get("metrics") or []:  # the metric names lm-eval scored this document with
+            value = sample.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or key in NOT_MEANS:
+                continue
+            name = key if filt == "none" else f"{key},{filt}"
+            values.setdefault(name, []).append(float(value))
+    out = {}
+    for name, xs in values.items():
+        if len(xs) > 1:
+            mean = sum(xs) / len(xs)
+            var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+            out[f"{name}_stderr"] = math.sqrt(var / len(xs))
+    return out
 
 
 def _plain_metrics(values: dict[str, Any]) -> dict[str, float]:

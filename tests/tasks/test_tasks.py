@@ -254,3 +254,13 @@ def test_accuracy_cache_identity_follows_the_data_not_its_name(tmp_path):
     write_jsonl(data / "piqa_validation.jsonl", ROWS["piqa"][:2])  # other text, same path: new identity
     assert task_identity(resolve_tasks(["piqa"], data_dir=data)) != first
     assert first[0]["source"] == "data_dir" and len(first[0]["data"][0]) == 64  # a SHA-256 of the file
+
+
+def test_evaluate_reports_the_standard_error_of_mean_metrics(lm, tmp_path):
+    """lm-eval's mean_stderr formula from the per-document scores; none for perplexity."""
+    data = write_suite(tmp_path, ["piqa", "lambada_openai"])
+    tasks = resolve_tasks(["piqa", "lambada_openai"], data_dir=data)
+    scores = evaluate(lm, tasks, limit=4, cache_dir=tmp_path)
+    p, n = scores["piqa"]["acc"], len(ROWS["piqa"][:4])
+    assert scores["piqa"]["acc_stderr"] == pytest.approx((p * (1 - p) * n / (n - 1) / n) ** 0.5)
+    assert "acc_stderr" in scores["lambada_openai"] and "perplexity_stderr" not in scores["lambada_openai"]

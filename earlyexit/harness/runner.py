@@ -347,11 +347,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     machine.finish()
     log.info("stage 5/5: FLOPs, cost model and record")
     metrics.update(bench_metrics(cfg, loaded, calibrated, bench))
-    metrics.update(machine.metrics(noise_samples(bench.primary[0]), bench.profile.to_json()))
+    metrics.update(machine.metrics(noise_samples(bench.primary[0]), metrics["profile"]))
     if metrics["machine_busy"] or metrics["profile_inconsistent"]:
         reason = metrics["machine_busy_reason"] or "the cost profile has negative ratios"
         log.warning("this run's timings are unreliable (%s): it is flagged in its record and figures", reason)
-    summary = run_summary(cfg, loaded, calibrated, bench, metrics)
+    at_target, heldout_fields = heldout_at_target(cfg, loaded, calibrated)
+    metrics.update(heldout_fields)
+    summary = run_summary(cfg, loaded, calibrated, bench, metrics, at_target)
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -509,7 +511,7 @@ def workload_record(cfg: DictConfig, bench: Benchmarked, num_layers: int) -> dic
 
 
 def bench_metrics(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench: Benchmarked) -> dict:
-    """Stage 5: the record's timing, prediction, FLOPs and held-out numbers."""
+    """Stage 5: the record's timing, prediction, FLOPs and per-workload numbers."""
     adapter, policy, metric = loaded.adapter, calibrated.policy, cfg.metric.name
     full_m, mode_m = bench.primary[0], bench.primary[-1]
     full, mode = full_m.summary(), mode_m.summary()
@@ -543,12 +545,12 @@ def bench_metrics(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench
     metrics["model_fingerprint"] = (
         f"{model_id['hub_id']}@{model_id['commit']}" if hub else f"weights:{model_id['weights']}"
     )
-    metrics.update(heldout_at_target(cfg, loaded, calibrated))
     return metrics
 
 
-def heldout_at_target(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated) -> dict[str, Any]:
-    """Held-out exit share and agreement at the run's thresholds, under its KV rule."""
+def heldout_at_target(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated) -> tuple[dict, dict[str, Any]]:
+    """Held-out exit shares per head at the run's thresholds, under its KV rule, and the record's
+    fields derived from them."""
     kv, metric = kv_strategy(cfg), cfg.metric.name
     out: dict[str, Any] = {}
     if kv == "fill":  # exact: the one-forward statistics hold the run's (its heads, at its target)
@@ -563,17 +565,20 @@ def heldout_at_target(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated) -
         out["heldout_scoring_s"] = under_kv.seconds
     out["heldout_early_exit_share"] = 1 - at_target["final"]
     out["heldout_agreement_at_target"] = at_target["agreement"]
-    out["_at_target"] = at_target  # per head, for the summary (not stored)
-    return out
+    return at_target, out
 
 
 def run_summary(
-    cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench: Benchmarked, metrics: dict
+    cfg: DictConfig,
+    loaded: Loaded,
+    calibrated: Calibrated,
+    bench: Benchmarked,
+    metrics: dict,
+    at_target: dict,
 ) -> dict[str, Any]:
     """What the run prints and stores: the record's metrics, per-head numbers and the tables."""
     heads, held, metric = loaded.heads, calibrated.held, cfg.metric.name
     target = float(cfg.calibration.target)
-    at_target = metrics.pop("_at_target")
     separation = separation_report(held.scores, held.agree)
     agreement = held.agreement()  # same held-out windows as train.head_agreement, no second pass
     check = heldout_check(calibrated.cal, held.scores[metric], held.agree)

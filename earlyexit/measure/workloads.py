@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from earlyexit.decoding import DecodeSettings, DecodeStats, StopCheck, Strategy
+from earlyexit.measure.divergence import first_divergence
 from earlyexit.measure.protocol import BOOTSTRAP_SAMPLES, Measured, measure_interleaved
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.graphs import Capture
@@ -31,13 +32,17 @@ __all__ = [
     "WorkloadResult",
     "mean_accepted_tokens",
     "measure_workload",
+    "measured_named",
     "overall_metrics",
     "quality_delta",
     "ratio_interval",
     "workload_metrics",
 ]
 
-VERIFYING = ("layerskip", "dssd")  # modes whose full-depth passes verify drafts
+# Strategies whose full-depth passes verify drafts (the baselines' passes of the target model count
+# as full-depth passes: measure/baselines.py) and those that emit one token per full pass.
+VERIFYING = ("layerskip", "dssd", "del", "assisted", "prompt_lookup", "hf_early_exit")
+ONE_PER_PASS = ("full", "hf_generate")
 
 
 @dataclass
@@ -156,7 +161,7 @@ def mean_accepted_tokens(work: Sequence[DecodeStats], num_layers: int, mode: str
     Undefined (NaN) for modes without verification (early-exit): their shallow passes emit
     tokens that no full pass checks.
     """
-    if mode != "full" and mode not in VERIFYING:
+    if mode not in ONE_PER_PASS and mode not in VERIFYING:
         return math.nan
     passes = sum(s.exit_histogram.get(num_layers - 1, 0) for s in work)
     tokens = sum(max(0, s.tokens - 1) for s in work)
@@ -181,9 +186,18 @@ def _rate(work: Sequence[DecodeStats], num: str, den: str) -> float:
     return sum(getattr(s, num) for s in work) / d if d else math.nan
 
 
+def measured_named(result: WorkloadResult, name: str) -> Measured:
+    """The strategy called ``name`` in the lineup (full is first; the mode and baselines follow)."""
+    for m in result.measured:
+        if m.name == name:
+            return m
+    raise ValueError(f"no strategy {name!r} in the lineup {[m.name for m in result.measured]}")
+
+
 def workload_metrics(result: WorkloadResult, mode: str, num_layers: int, seed: int = 0) -> dict:
-    """The record's ``workload.<name>.*`` fields (without the prefix) for the mode (last strategy)."""
-    wl, base, mine = result.workload, result.measured[0], result.measured[-1]
+    """The record's ``workload.<name>.*`` fields (without the prefix) for strategy ``mode`` against
+    `full` (the first strategy): the run's mode, or a baseline of its lineup."""
+    wl, base, mine = result.workload, result.measured[0], measured_named(result, mode)
     bs, ms = base.summary(), mine.summary()
     work = mine.first_repeat()
     out: dict = {
@@ -199,13 +213,20 @@ def workload_metrics(result: WorkloadResult, mode: str, num_layers: int, seed: i
         "tpot_ms": ms["tpot_ms_mean"],
         "full_tpot_ms": bs["tpot_ms_mean"],
         "tokens": ms["tokens"],
+        # Decode FLOPs per output token against full's: counted from what ran (measure/baselines.py
+        # for the baselines, the pass trace for the modes); rejected drafts included.
+        "flops_ratio": ms["flops_per_token"] / bs["flops_per_token"] if bs["flops_per_token"] else math.nan,
         "acceptance_rate": ms["acceptance_rate"],
         "acceptance_rate_demo": ms["acceptance_rate_demo"],
         "mean_accepted_tokens": mean_accepted_tokens(work, num_layers, mode),
         "accepted_per_verification": _rate(work, "accepted", "verifications"),
         "outputs_equal_full": mine.ids == base.ids,
     }
-    full_q, mode_q = result.scores[0], result.scores[-1]
+    parted = first_divergence(base.ids, mine.ids)
+    out["prompts_differing"] = 0 if parted is None else parted.prompts_differing
+    if parted is not None:
+        out["first_divergence_prompt"], out["first_divergence_position"] = parted.prompt, parted.position
+    full_q, mode_q = result.scores[0], result.scores[result.measured.index(mine)]
     for metric in wl.metrics:
         delta = quality_delta(full_q.per_prompt[metric], mode_q.per_prompt[metric], seed=seed)
         out[f"quality.{metric}"] = mode_q.aggregate[metric]
@@ -220,12 +241,12 @@ def workload_metrics(result: WorkloadResult, mode: str, num_layers: int, seed: i
 def overall_metrics(results: Sequence[WorkloadResult], mode: str, num_layers: int, seed: int = 0) -> dict:
     """Pooled over every workload's samples: the table's "overall" column."""
     base = [s for r in results for s in r.measured[0].samples]
-    mine = [s for r in results for s in r.measured[-1].samples]
-    work = [s for r in results for s in r.measured[-1].first_repeat()]
+    mine = [s for r in results for s in measured_named(r, mode).samples]
+    work = [s for r in results for s in measured_named(r, mode).first_repeat()]
     speed = _speedups(base, mine, seed)
     keys = ("speedup", "speedup_ci_low", "speedup_ci_high", "decode_speedup", "timing_samples")
     return {
         **{k: speed[k] for k in keys},
         "mean_accepted_tokens": mean_accepted_tokens(work, num_layers, mode),
-        "outputs_equal_full": all(r.measured[-1].ids == r.measured[0].ids for r in results),
+        "outputs_equal_full": all(measured_named(r, mode).ids == r.measured[0].ids for r in results),
     }

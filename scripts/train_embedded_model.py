@@ -4,6 +4,12 @@ Reproduce the committed weights exactly with:
 
     python scripts/train_embedded_model.py --out earlyexit/assets/tiny-stdlib
 
+and its 2-layer draft sibling (same text, same tokenizer; the draft model of
+`bench.baselines=[assisted]` on the embedded model) with:
+
+    python scripts/train_embedded_model.py --out earlyexit/assets/tiny-stdlib-draft \
+        --layers 2 --tokenizer earlyexit/assets/tiny-stdlib
+
 It trains a byte-level BPE tokenizer and a GPTNeoXForCausalLM from scratch on CPU,
 then writes config, tokenizer and fp16 safetensors weights plus a JSON report
 (held-out perplexity vs a unigram baseline). The shape keeps a full-vocabulary head
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -90,11 +97,19 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokenizer", type=Path, default=None,
+        help="reuse this model directory's tokenizer instead of training one (a draft sibling must "
+        "share its target's tokenizer exactly)",
+    )  # fmt: skip
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     train_texts, heldout_texts = split_documents()
-    tokenizer = train_tokenizer(train_texts, args.vocab)
+    if args.tokenizer is not None:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+    else:
+        tokenizer = train_tokenizer(train_texts, args.vocab)
     train_ids = encode_stream(tokenizer, train_texts)
     heldout_ids = encode_stream(tokenizer, heldout_texts)
     print(f"train tokens {len(train_ids):,}  held-out tokens {len(heldout_ids):,}")
@@ -161,7 +176,11 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(args.out, safe_serialization=True)
-    tokenizer.save_pretrained(args.out)
+    if args.tokenizer is not None:  # the very files: a draft's tokenizer must be its target's
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(args.tokenizer / name, args.out / name)
+    else:
+        tokenizer.save_pretrained(args.out)
     (args.out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -1,10 +1,11 @@
-"""Decoding modes behind one interface (`Strategy.generate`): full, early-exit, LayerSkip, DSSD.
+"""Decoding modes behind one interface (`Strategy.generate`): full, early-exit, LayerSkip, DSSD, DEL.
 
 May import from ``earlyexit.data``, ``earlyexit.model`` and ``earlyexit.exits``.
 """
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, DecodeStats, Strategy, engine_for
 from earlyexit.decoding.dssd import DSSDDecoding
+from earlyexit.decoding.dynamic_exit import DELDecoding
 from earlyexit.decoding.early_exit import EarlyExitDecoding
 from earlyexit.decoding.factory import LOSSLESS, MODES, check_mode, make_strategy
 from earlyexit.decoding.full import FullDecoding
@@ -16,6 +17,7 @@ __all__ = [
     "MODES",
     "check_mode",
     "make_strategy",
+    "DELDecoding",
     "DSSDDecoding",
     "DecodeResult",
     "DecodeSettings",

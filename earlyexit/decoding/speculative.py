@@ -8,6 +8,8 @@ draft. A pass reaches full depth either because no head fired (DSSD: that token 
 from the full model) or because the draft budget is spent (the last draft is then fed
 without exits). Greedy prefix match; the first mismatch is replaced by the full model's
 token; a bonus token comes when all drafts match; rejected positions are rolled back.
+A `RoundPlanner` (DEL) may choose each round's policy and budget and end drafting early;
+LayerSkip and DSSD run without one, unchanged.
 
 Acceptance, two ways (DESIGN.md, "The public DSSD demo, read closely"): `drafted`/`accepted`
 count head drafts only. The public DSSD demo also appends the token of a pass where no head
@@ -25,25 +27,57 @@ there; that is what "lossless" means in half precision (docs/engine.md, "Lossles
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
 from earlyexit.exits.heads import HeadSet
-from earlyexit.model.engine import ExitCheck, ExitEngine
+from earlyexit.model.engine import ExitCheck, ExitEngine, StepOutput
+
+
+class RoundPlanner(Protocol):
+    """Chooses each round's drafting and learns from its verification (DEL, decoding/dynamic_exit.py).
+
+    Without one (LayerSkip, DSSD) every round uses the same policy and draft budget.
+    """
+
+    def prefilled(self, out: StepOutput) -> None:
+        """The prefill's pass (its final logits for every prompt row)."""
+
+    def plan(self) -> tuple[ExitCheck, int]:
+        """This round's draft policy and its draft budget (0: no drafts, one full-depth step)."""
+
+    def stop_drafting(self) -> bool:
+        """Asked after each draft: end drafting now, so the next pass verifies."""
+
+    def observe(self, base: int, drafts: list[int], targets: list[int], accepted: int) -> None:
+        """What the round's verification found: drafts at positions base+1.., the full model's
+        greedy token after each position base.. (`targets`), and how many drafts it accepted."""
 
 
 def speculative_generate(
     engine: ExitEngine,
     prompt: torch.Tensor,
     settings: DecodeSettings,
-    draft_policy: ExitCheck,
+    draft_policy: ExitCheck | None,
     max_draft: int,
     exit_layers: list[int],
     heads: HeadSet,
+    planner: RoundPlanner | None = None,
 ) -> DecodeResult:
+    """Greedy draft-and-verify; with `planner`, its `plan()` replaces `draft_policy` and `max_draft`."""
     run = Run(engine, prompt, settings, exit_layers, heads)
-    run.prefill()
+    if planner is None:
+        run.prefill()
+    else:  # Run.prefill, keeping the pass: its final logits seed the planner's statistics
+        out = engine.forward(run.prompt)
+        run.stats.forward_passes += 1
+        run.emit([greedy(out.logits)])
+        planner.prefilled(out)
     while not run.done:
+        if planner is not None:
+            draft_policy, max_draft = planner.plan()
         base = engine.length  # position of the last emitted token, not yet in the cache
         limit = min(max_draft, run.remaining)
         token = run.ids[-1]
@@ -55,6 +89,8 @@ def speculative_generate(
                 break  # full depth: this pass verified every pending draft
             token = greedy(out.logits)
             drafts.append(token)
+            if planner is not None and planner.stop_drafting():
+                limit = len(drafts)
         # Row i of the final logits sits at position base + i and predicts the next token.
         assert out.final_positions[0] == base and len(out.final_positions) == len(drafts) + 1
         targets = out.final_logits.argmax(-1).tolist()
@@ -69,4 +105,6 @@ def speculative_generate(
             run.stats.full_model_drafts_accepted += accepted == len(drafts)
         engine.truncate(base + accepted + 1)  # keep the verified tokens' K/V, drop the rest
         run.emit([*drafts[:accepted], targets[accepted]])
+        if planner is not None and not run.done:  # a last round's statistics would go unused
+            planner.observe(base, drafts, targets, accepted)
     return run.finish()

@@ -41,9 +41,17 @@ CATEGORIES = (
     "pass_fixed",
 )
 # Where the rows of exited tokens carried deeper go, per mode.
-PENDING_KIND = {"early-exit": "layers_fill", "dssd": "layers_verify", "layerskip": "layers_verify"}
-# Which metric's decision a mode's exit checks pay (layerskip always exits: a bare head call).
-DECIDES = {"early-exit": True, "dssd": True, "layerskip": False, "full": False}
+PENDING_KIND = {
+    "early-exit": "layers_fill",
+    "dssd": "layers_verify",
+    "layerskip": "layers_verify",
+    "del": "layers_verify",
+}
+# Which metric's decision a mode's exit checks pay (layerskip always exits: a bare head call). del's
+# drafts are priced as bare head calls too: its confidence stop (a max-prob) and its shadow tokens (a
+# batched head call per candidate layer per round, outside the pass trace) are not priced, so its
+# prediction is low by their cost (docs/cost-model.md).
+DECIDES = {"early-exit": True, "dssd": True, "layerskip": False, "del": False, "full": False}
 
 
 def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | None) -> dict[str, float]:

@@ -53,6 +53,11 @@ def check_kv_strategy(kv: str) -> None:
 # the logits to emit if the token exits there, or None to continue deeper.
 ExitCheck = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
+# Called with (exit layer, positions of the pass's rows there, their hidden states [rows, d]) after
+# every segment that ends at an exit layer, before the exit check: an opt-in read of the states a
+# pass computes anyway (DEL's shadow tokens, decoding/dynamic_exit.py). Must not modify them.
+Tap = Callable[[int, list[int], torch.Tensor], None]
+
 
 @dataclass
 class Pending:
@@ -142,6 +147,7 @@ class ExitEngine:
         self._trace = PassTrace()
         self._last_depth = num_layers  # the cost model prices a first pass as after a full one
         self._shallow_run = 0  # passes in a row, up to the last, that stopped short of full depth
+        self.tap: Tap | None = None  # opt-in reader of each exit layer's rows; None costs nothing
 
     def reset(self) -> None:
         """Forget the sequence (buffers are reused; stale entries are never attended)."""
@@ -182,10 +188,13 @@ class ExitEngine:
         positions = list(range(self.length, self.length + n))
         hidden = adapter.embed(ids.to(self._device))  # [n, d]
         trace = self._trace = PassTrace(previous_depth=self._last_depth, previous_run=self._shallow_run)
+        tap = self.tap
         for start, end in self.segments:
             if self.pending:
                 positions, hidden = self._join_pending(start, positions, hidden)
             hidden = self._run_segment(start, end, hidden, positions, n)
+            if tap is not None and end < last_layer:
+                tap(end, positions, hidden)
             if exit_check is not None and end < last_layer:
                 logits = exit_check(end, hidden[-1])
                 trace.checks.append((end, logits is not None))

@@ -208,7 +208,7 @@ def fig_exit_histograms(df: pd.DataFrame) -> Figure:
     for ax, (model, group) in zip(axes, panels, strict=True):
         part = hist[(hist["model"] == model) & (hist["group"] == group)]
         # Bars in the order of what distinguishes the runs (target, or E then K), not run order.
-        ordered = part.sort_values(["target", "exit_layer", "draft_length"], kind="stable")
+        ordered = part.sort_values(["target", "exit_layer", "draft_length", "max_draft"], kind="stable")
         runs = unique(ordered["run_id"])
         head_rows = heads[heads["run_id"].isin(runs)]
         layers = sorted({*part.loc[~part["final"], "layer"], *head_rows["layer"]})

@@ -29,7 +29,7 @@ DEFAULT_STORE = Path("results/records.jsonl")
 # Modes whose output equals the full model's, token for token (greedy). Mirrors
 # earlyexit.decoding.LOSSLESS (a test checks they agree); copied so that drawing figures does not
 # import torch and transformers.
-LOSSLESS_MODES = ("full", "layerskip", "dssd")
+LOSSLESS_MODES = ("full", "layerskip", "dssd", "del")
 # What an exited token leaves in deeper layers' KV cache. Records from before the setting have no
 # column and ran the only strategy there was; lossless modes accept only this one.
 DEFAULT_KV = "fill"
@@ -429,6 +429,7 @@ ID_COLUMNS = (
     "target",
     "exit_layer",
     "draft_length",
+    "max_draft",  # DEL's only setting among these: its run label needs it
 )
 
 

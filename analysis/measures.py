@@ -104,14 +104,14 @@ def best_kv_speedup(df: pd.DataFrame, kv: str = "propagate") -> tuple[float, str
 # What the predicted-time figures and the summary read, computed once here so they agree. Records
 # from before the cost model (no predicted time) are left out by both.
 
-MODE_ORDER = {"full": 0, "early-exit": 1, "dssd": 2, "layerskip": 3}
+MODE_ORDER = {"full": 0, "early-exit": 1, "dssd": 2, "layerskip": 3, "del": 4}
 # The cost model's target: a median |prediction error| within this share per mode.
 PREDICTION_BAND = 0.15
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     """Runs in reading order: by mode, then metric, target, LayerSkip's E and K."""
-    keys = [k for k in ("metric", "target", "exit_layer", "draft_length") if k in df]
+    keys = [k for k in ("metric", "target", "exit_layer", "draft_length", "max_draft") if k in df]
     order = df.assign(_order=df["mode"].map(MODE_ORDER).fillna(len(MODE_ORDER)))
     return order.sort_values(["_order", *keys], kind="stable").drop(columns="_order")
 

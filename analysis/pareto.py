@@ -28,7 +28,13 @@ from analysis.load import (
     kv_strategy,
 )
 
-MODE_LABELS = {"full": "full", "early-exit": "early-exit", "dssd": "DSSD", "layerskip": "LayerSkip"}
+MODE_LABELS = {
+    "full": "full",
+    "early-exit": "early-exit",
+    "dssd": "DSSD",
+    "layerskip": "LayerSkip",
+    "del": "DEL",
+}
 # Fronts are per model, timing regime (eager or CUDA graphs) and series (mode, metric and KV
 # strategy: see ``mode_group``); a frame without a timing column (built by hand) is one regime.
 GROUP_KEYS = ("model", "timing", "group")
@@ -69,9 +75,13 @@ def mode_group(df: pd.DataFrame) -> pd.Series:
 
 
 def run_label(row: pd.Series) -> str:
-    """What distinguishes runs within a series: the target, or LayerSkip's (E, K)."""
+    """What distinguishes runs within a series: the target, LayerSkip's (E, K), or DEL's largest
+    draft (DEL picks its exit layer and draft length per round, so only the cap is a setting)."""
     if row.get("mode") == "layerskip":
         return f"E={_int(row.get('exit_layer'))} K={_int(row.get('draft_length'))}"
+    if row.get("mode") == "del":
+        cap = row.get("max_draft")
+        return f"K≤{_int(cap)}" if isinstance(cap, int | float) and math.isfinite(cap) else "adaptive E, K"
     target = row.get("target")
     if isinstance(target, int | float) and math.isfinite(target):
         return f"t={target:g}"
@@ -80,7 +90,7 @@ def run_label(row: pd.Series) -> str:
 
 def run_name(row: pd.Series) -> str:
     """A run in a few words: its series and what distinguishes it there ("DSSD · entropy t=0.8",
-    "LayerSkip E=2 K=4", "early-exit · entropy · KV propagate t=0.8", "full"). The default KV
+    "LayerSkip E=2 K=4", "DEL K≤8", "early-exit · entropy · KV propagate t=0.8", "full"). The default KV
     strategy (fill) goes unnamed here, so names of older records stay as they were."""
     mode = row.get("mode")
     name = MODE_LABELS.get(mode, str(mode))

@@ -16,11 +16,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 FORMATS = ("png", "pdf")
-MODE_MARKERS = {"full": "*", "early-exit": "o", "DSSD": "s", "LayerSkip": "^"}
+MODE_MARKERS = {"full": "*", "early-exit": "o", "DSSD": "s", "LayerSkip": "^", "DEL": "D"}
 # One colour per confidence metric in every figure, so that a metric is recognised at a glance.
 METRIC_COLORS = {"entropy": "C0", "margin": "C1", "max-prob": "C2"}
 # One colour per decoding mode where points are coloured by mode (predicted vs measured).
-MODE_COLORS = {"full": "0.2", "early-exit": "C2", "dssd": "C0", "layerskip": "C1"}
+MODE_COLORS = {"full": "0.2", "early-exit": "C2", "dssd": "C0", "layerskip": "C1", "del": "C3"}
 # Cost categories (earlyexit.measure.cost_model): legend text and a colour each, layers in blues
 # and greens, the overheads outside the layers in warm colours.
 CATEGORY_LABELS = {

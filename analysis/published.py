@@ -75,9 +75,9 @@ def dssd_published_ratio(published: pd.DataFrame) -> float:
 
 
 def _speculative(df: pd.DataFrame) -> list[Reading]:
-    """Methods no mode here implements (sub-layer skipping, adaptive draft length): the nearest
-    are our lossless self-speculative modes."""
-    return [best_speedup(df, ("layerskip", "dssd"))]
+    """Methods no mode here implements (sub-layer skipping, layers skipped on the fly): the
+    nearest are our lossless self-speculative modes."""
+    return [best_speedup(df, ("layerskip", "dssd", "del"))]
 
 
 def _layerskip_acceptance(df: pd.DataFrame) -> list[Reading]:
@@ -111,7 +111,8 @@ MEASURES: dict[tuple[str, str], Callable[[pd.DataFrame], list[Reading]]] = {
     ("2207.07061", "layers_per_token"): lambda df: [fewest_layers(df, "propagate")],
     ("2207.07061", "speedup_estimated"): lambda df: [best_kv_speedup(df, "propagate")],
     ("2309.08168", "speedup"): _speculative,
-    ("2504.05598", "speedup"): _speculative,
+    # DEL: our `del` mode implements it (LayerSkip with E and K chosen per round).
+    ("2504.05598", "speedup"): lambda df: [best_speedup(df, ("del",))],
     ("2410.06916", "speedup"): _speculative,
 }
 

@@ -85,15 +85,18 @@ SETTING_HEADER = ["mode", "KV", "heads", "metric", "target", "E", "K"]
 
 def setting_cells(row: pd.Series) -> list[str]:
     """The cells under ``SETTING_HEADER``: mode, KV strategy, heads, metric, target, LayerSkip's
-    E and K."""
+    E and K; DEL's E is chosen per round ("adaptive") and its K is a cap (≤ ``mode.max_draft``)."""
+    exit_layer, draft = _num(row["exit_layer"], ".0f"), _num(row["draft_length"], ".0f")
+    if row["mode"] == "del":
+        exit_layer, draft = "adaptive", "≤" + _num(row.get("max_draft"), ".0f")
     return [
         _text(row["mode"]),
         _text(row["kv"]),
         heads_cell(row),
         _text(row["metric"]),
         _num(row["target"], "g"),
-        _num(row["exit_layer"], ".0f"),
-        _num(row["draft_length"], ".0f"),
+        exit_layer,
+        draft,
     ]
 
 
@@ -143,7 +146,9 @@ def measured_table(df: pd.DataFrame) -> str:
     by = ["model", "timing"] if "timing" in df else ["model"]
     marked = mark_fronts(df, "speedup", y, by=by)
     marked = marked.assign(_order=df["mode"].map(MODE_ORDER), kv=kv_strategy(df))
-    marked = marked.sort_values([*by, "_order", "kv", "metric", "target", "exit_layer", "draft_length"])
+    marked = marked.sort_values(
+        [*by, "_order", "kv", "metric", "target", "exit_layer", "draft_length", "max_draft"]
+    )
     header = [
         "model",
         *SETTING_HEADER,

@@ -4,9 +4,10 @@
     python scripts/benchmark_decoding.py --random-weights pythia-160m --device cuda --dtype float16
 
 Uses the runner's timing protocol (earlyexit/measure/protocol.py): every mode, `full` and
-transformers' `generate` interleaved prompt by prompt, speedups against `full` with a paired
-bootstrap 95% interval. Prints and stores (JSON, under benchmarks/results/) time per output
-token, speedups, each mode's time predicted by the cost model beside the measured one, and
+transformers' alternatives (`--baselines`, earlyexit/measure/baselines.py: `generate`, and on
+request draft-model `assisted` and `prompt_lookup`) interleaved prompt by prompt, speedups against
+`full` with a paired bootstrap 95% interval. Prints and stores (JSON, under benchmarks/results/)
+time per output token, speedups, each mode's time predicted by the cost model beside the measured one, and
 the bandwidth roofline, with machine, dtype and versions; stores the component cost profile
 (earlyexit/measure/profile.py, timed in rounds between the samples so it prices them on the
 machine they ran on) under benchmarks/profiles/, which `python -m analysis.project` uses to
@@ -41,7 +42,7 @@ from earlyexit.exits.calibrate import calibrate
 from earlyexit.exits.head_stats import collect_head_stats
 from earlyexit.exits.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
-from earlyexit.measure.baselines import HFGenerate, hf_layerskip
+from earlyexit.measure.baselines import BASELINES, check_baselines, hf_early_exit_unsupported, make_baseline
 from earlyexit.measure.cost_model import DECIDES, predict
 from earlyexit.measure.json_text import dumps_readable
 from earlyexit.measure.machine import machine_metrics, take_reading, warn_if_busy
@@ -49,13 +50,44 @@ from earlyexit.measure.profile import WARMUP_ROUNDS, ProfileRounds, kv_span
 from earlyexit.measure.protocol import interleaved_rounds, measure_interleaved, prompt_set, speedup_interval
 from earlyexit.measure.timing import copy_bandwidth, device_name, environment, synchronize
 from earlyexit.model.adapter import get_adapter
+from earlyexit.model.draft import check_draft_model, default_draft_model, load_draft_model
 from earlyexit.model.engine import KV_STRATEGIES
 from earlyexit.model.graphs import Capture, ReplayCapture, default_capture
-from earlyexit.model.loading import EMBEDDED_MODEL_DIR, load_model, pythia_config
+from earlyexit.model.loading import (
+    EMBEDDED_MODEL_DIR,
+    ModelNotAvailableError,
+    load_model,
+    pythia_config,
+    pythia_size,
+)
 from earlyexit.model.trace import TraceCounts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 log = logging.getLogger("benchmark_decoding")
+
+
+def build_baselines(adapter, args) -> list:
+    """transformers' alternatives of `--baselines`, on the loaded model (and its draft)."""
+    draft = fingerprint = None
+    if "assisted" in args.baselines:
+        device, dtype = adapter.device, adapter.dtype
+        if args.random_weights:  # a random draft of the draft's shape: times the method, not its acceptance
+            torch.manual_seed(args.seed + 1)
+            with device:
+                draft = GPTNeoXForCausalLM(pythia_config(args.draft_model, attn_implementation="sdpa"))
+            draft, fingerprint = draft.to(dtype=dtype).eval(), f"random:{args.draft_model}"
+        else:
+            draft, fingerprint = load_draft_model(args.draft_model, dtype, str(device))
+    exit_layer = None
+    if "hf_early_exit" in args.baselines:
+        reason = hf_early_exit_unsupported(adapter.model)
+        if reason is not None:
+            raise SystemExit(f"--baselines hf_early_exit: {reason}")
+        exit_layer = adapter.num_layers // 2
+    return [
+        make_baseline(name, adapter.model, draft=draft, exit_layer=exit_layer, draft_fingerprint=fingerprint)
+        for name in args.baselines
+    ]
 
 
 def build(args):
@@ -116,10 +148,12 @@ def graph_capture(choice: str, device: torch.device) -> Capture | None:
     return None
 
 
-def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture | None, rounds: dict):
-    """Every mode interleaved with `full` (and HF `generate`) under the runner's protocol.
+def measure_modes(
+    strategies, baselines, adapter, prompts, settings, args, capture: Capture | None, rounds: dict
+):
+    """Every mode interleaved with `full` (and transformers' baselines) under the runner's protocol.
 
-    One `measure_interleaved` call per timing regime: eager modes with HF `generate`, then,
+    One `measure_interleaved` call per timing regime: eager modes with the baselines, then,
     with `capture`, the graphed modes (stored as "<mode> (graphs)"; their speedups are
     against graphed `full`, never mixed with eager). Each mode's speedup carries its paired
     bootstrap 95% interval; `full` vs HF `generate` is reported the same way. The regime's cost
@@ -127,7 +161,7 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
     runner does (bench.profile=interleaved).
     """
     results, outputs = {}, {}
-    regimes = [("", [*strategies.values(), HFGenerate(adapter.model)], None, rounds["eager"])]
+    regimes = [("", [*strategies.values(), *baselines], None, rounds["eager"])]
     if capture is not None:
         regimes.append((" (graphs)", list(strategies.values()), capture, rounds["graphs"]))
     samples = args.repeats * len(prompts)
@@ -144,8 +178,8 @@ def measure_modes(strategies, adapter, prompts, settings, args, capture: Capture
             name = m.name + suffix
             outputs[name], results[name] = m.ids, m.summary()
             results[name].update(speedup_interval(full, m, seed=args.seed))
-        if "hf-generate" in by_name:
-            vs_hf = speedup_interval(by_name["hf-generate"], full, seed=args.seed)
+        if "hf_generate" in by_name:
+            vs_hf = speedup_interval(by_name["hf_generate"], full, seed=args.seed)
             results["full"]["vs_hf_generate"] = {k.replace("speedup", "ratio"): v for k, v in vs_hf.items()}
     for name, r in results.items():
         ci = f"[{r['speedup_ci_low']:.3f}-{r['speedup_ci_high']:.3f}]"
@@ -208,6 +242,15 @@ def main() -> None:
         default=["fill", "propagate", "skip"],
         help="early-exit's KV strategies, comma-separated (fill is exact; propagate, skip are lossy)",
     )
+    p.add_argument(
+        "--baselines",
+        type=lambda text: [n for n in text.split(",") if n],
+        default=["hf_generate"],
+        help=f"transformers' alternatives timed beside the modes, comma-separated: {', '.join(BASELINES)}",
+    )
+    p.add_argument(
+        "--draft-model", help="assisted's draft (default: the model's, e.g. embedded-draft, pythia-70m)"
+    )
     p.add_argument("--draft-length", type=int, default=4)
     p.add_argument("--max-draft", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -229,28 +272,41 @@ def main() -> None:
         p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     try:  # before any loading
         capture = graph_capture(args.graphs, torch.device(args.device))
-    except ValueError as err:
+        check_baselines(args.baselines)
+        if "assisted" in args.baselines:
+            target = args.random_weights or args.model
+            args.draft_model = args.draft_model or default_draft_model(target)
+            if args.draft_model is None:
+                p.error(f"--baselines assisted: {target} has no default draft model; pass --draft-model")
+            if args.random_weights and pythia_size(args.draft_model) is None:
+                p.error(f"--draft-model {args.draft_model}: random weights need a Pythia shape for the draft")
+            if not args.random_weights:
+                for warning in check_draft_model(args.model, args.draft_model):
+                    log.warning(warning)
+    except (ValueError, ModelNotAvailableError) as err:
         p.error(str(err))
     start = warn_if_busy(log)  # the machine's load as the run starts (earlyexit/measure/machine.py)
     adapter, heads, prompts, thresholds = build(args)
     settings = DecodeSettings(max_new_tokens=args.max_new_tokens)
     strategies = modes(heads, thresholds, args)
+    baselines = build_baselines(adapter, args)
     rounds = profile_rounds(adapter, heads, prompts, args, capture)
-    results, outputs = measure_modes(strategies, adapter, prompts, settings, args, capture, rounds)
+    results, outputs = measure_modes(strategies, baselines, adapter, prompts, settings, args, capture, rounds)
     end = take_reading()
     lossless = {
         n: outputs[n] == outputs["full"]
         for n in (
             "layerskip",
             "dssd",
-            "hf-generate",
+            *args.baselines,
             *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
         )
         if n in outputs
     }
     profile_by_regime = {regime: r.result() for regime, r in rounds.items()}
     predictions(results, profile_by_regime, args.metric)
-    layerskip_hf = hf_layerskip(adapter.model, prompts[0], 8, heads.layers[args.layerskip_head])
+    # transformers' own LayerSkip, probed: on GPT-NeoX it raises (the reason is recorded).
+    hf_early_exit = hf_early_exit_unsupported(adapter.model)
     synchronize(adapter.device)
     bandwidth = copy_bandwidth(adapter.device)
     wbytes = weight_bytes_per_token(adapter)
@@ -274,7 +330,11 @@ def main() -> None:
         "thresholds": thresholds,
         "modes": results,
         "outputs_equal_full": lossless,
-        "hf_layerskip": {"status": layerskip_hf.status, "reason": layerskip_hf.reason},
+        "baselines": {b.name: b.settings() for b in baselines},
+        "hf_early_exit": {
+            "status": "ok" if hf_early_exit is None else "unsupported",
+            "reason": hf_early_exit or "",
+        },
         "profiles": profile_files,
         "roofline": {
             "weight_bytes_per_token": wbytes,

@@ -29,13 +29,16 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
         "--profile-repeats", "2",
         "--profile-rows", "3",
         "--graphs", "replay",
+        "--baselines", "hf_generate,prompt_lookup,assisted",
+        "--draft-model", "pythia-70m",  # random weights: times the method, not its acceptance
         "--out", str(tmp_path),
         "--profiles-out", str(tmp_path / "profiles"),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
     record = json.loads((tmp_path / "cpu-pythia-70m-float32.json").read_text())
     modes = record["modes"]
-    assert set(modes) == {"full", "layerskip", "hf-generate", "full (graphs)", "layerskip (graphs)"}
+    baselines = {"hf_generate", "prompt_lookup", "assisted"}
+    assert set(modes) == {"full", "layerskip", *baselines, "full (graphs)", "layerskip (graphs)"}
     for name, mode in modes.items():  # every mode against `full` of its own regime, with an interval
         assert mode["speedup_ci_low"] <= mode["speedup"] <= mode["speedup_ci_high"], name
         assert mode["timing_samples"] == 4  # 2 prompts x 2 repeats
@@ -44,8 +47,11 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
     assert modes["full (graphs)"]["graphs_captured"] > 0 and modes["full"]["graphs_captured"] == 0
     for name in ("full", "layerskip", "full (graphs)", "layerskip (graphs)"):  # priced by the cost model
         assert modes[name]["predicted_ms"]["tpot_ms"] > 0
-    assert "predicted_ms" not in modes["hf-generate"]  # not the engine: no trace to price
-    assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 4
+    for name in baselines:  # not the engine: no trace to price
+        assert "predicted_ms" not in modes[name]
+    assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 6
+    assert record["baselines"]["assisted"]["draft_fingerprint"] == "random:pythia-70m"
+    assert record["baselines"]["prompt_lookup"]["prompt_lookup_num_tokens"] == 10
     assert record["graphs"] == "replay"
     profiles = {regime: json.loads(Path(path).read_text()) for regime, path in record["profiles"].items()}
     assert set(profiles) == {"eager", "graphs"}
@@ -53,7 +59,8 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
     assert profiles["eager"]["identity"]["head_architecture"] == "shared"
     assert profiles["eager"]["rows"] == [1, 2, 3]
     assert record["environment"]["device"] == "cpu"
-    assert record["hf_layerskip"]["status"] == "unsupported"
+    assert record["hf_early_exit"]["status"] == "unsupported"
+    assert "IndexError" in record["hf_early_exit"]["reason"]
     # The summary script renders it for BENCHMARKS.md, each mode against full of its own regime.
     path = tmp_path / "cpu-pythia-70m-float32.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "summarise_benchmark.py"), str(path)]
@@ -83,6 +90,21 @@ def test_benchmark_script_refuses_cuda_graphs_without_a_gpu(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "CUDA graphs need a CUDA device, got 'cpu'" in out.stderr
+
+
+def test_benchmark_script_refuses_an_unknown_baseline_before_loading():
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "benchmark_decoding.py"),
+        "--baselines",
+        "hf_generate,medusa",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        "unknown baseline(s) 'medusa'; valid: hf_generate, assisted, prompt_lookup, hf_early_exit"
+        in out.stderr
+    )
 
 
 def test_benchmark_script_refuses_an_unknown_kv_strategy_before_loading():

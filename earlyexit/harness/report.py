@@ -53,7 +53,7 @@ def format_summary(summary: dict) -> str:
         f"FLOPs ratio {m.get('flops_ratio', nan):.3f}   acceptance {m.get('acceptance_rate', nan):.3f}"
     )
     if m.get("workloads"):
-        lines += ["", _workloads(m)]
+        lines += ["", _workloads(m, summary["mode"])]
     if "predicted_tpot_ms" in m:
         lines += ["", _breakdown(m)]
     if m.get("heads_selection"):
@@ -71,30 +71,51 @@ def _interval(m: dict, key: str) -> str:
     return f"{m.get(key, NAN):.3f}x [{m.get(key + '_ci_low', NAN):.3f}-{m.get(key + '_ci_high', NAN):.3f}]"
 
 
-def _workloads(m: dict) -> str:
-    """Per workload: speed and quality measured on the same generations (the Spec-Bench view)."""
-    names = json.loads(m["workloads"]) if isinstance(m["workloads"], str) else list(m["workloads"])
+def _names(value: object) -> list[str]:
+    return json.loads(value) if isinstance(value, str) else list(value or [])
+
+
+def _workload_row(m: dict, prefix: str, workload: str, method: str, prompts: object) -> dict:
+    w = {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
+    quality = [
+        f"{k[8:]} {v:.3f} (full {w[f'quality_full.{k[8:]}']:.3f}, delta "
+        f"[{w[f'quality_delta_ci_low.{k[8:]}']:+.3f}, {w[f'quality_delta_ci_high.{k[8:]}']:+.3f}])"
+        for k, v in w.items()
+        if k.startswith("quality.")
+    ]
+    same = w.get("outputs_equal_full")
+    if same is False and "first_divergence_prompt" in w:
+        margin = w.get("divergence_margin")
+        same = (
+            f"no: {w.get('prompts_differing')} prompt(s), first #{w['first_divergence_prompt']} at token "
+            f"{w['first_divergence_position']}" + ("" if margin is None else f", margin {margin:.3g}")
+        )
+    return {
+        "workload": workload,
+        "method": method,
+        "prompts": w.get("prompts", prompts),
+        "speedup [95% CI]": _interval(w, "speedup"),
+        "decode speedup": f"{w.get('decode_speedup', NAN):.3f}x",
+        "tok/pass": f"{w.get('mean_accepted_tokens', NAN):.2f}",
+        "same as full": same,
+        "quality": "; ".join(quality) or "—",
+    }
+
+
+def _workloads(m: dict, mode: str) -> str:
+    """Per workload: speed and quality measured on the same generations (the Spec-Bench view), the
+    run's mode first, then each baseline timed beside it (bench.baselines)."""
+    names, baselines = _names(m["workloads"]), _names(m.get("baselines"))
     rows = []
     for name in [*names, "overall"]:
-        w = {k[len(f"workload.{name}.") :]: v for k, v in m.items() if k.startswith(f"workload.{name}.")}
-        quality = [
-            f"{k[8:]} {v:.3f} (full {w[f'quality_full.{k[8:]}']:.3f}, delta "
-            f"[{w[f'quality_delta_ci_low.{k[8:]}']:+.3f}, {w[f'quality_delta_ci_high.{k[8:]}']:+.3f}])"
-            for k, v in w.items()
-            if k.startswith("quality.")
-        ]
-        rows.append(
-            {
-                "workload": name,
-                "prompts": w.get("prompts", sum(m.get(f"workload.{n}.prompts", 0) for n in names)),
-                "speedup [95% CI]": _interval(w, "speedup"),
-                "decode speedup": f"{w.get('decode_speedup', NAN):.3f}x",
-                "tok/pass": f"{w.get('mean_accepted_tokens', NAN):.2f}",
-                "same as full": w.get("outputs_equal_full"),
-                "quality": "; ".join(quality) or "—",
-            }
-        )
-    table = pd.DataFrame(rows).set_index("workload").to_string()
+        total = sum(m.get(f"workload.{n}.prompts", 0) for n in names)
+        rows.append(_workload_row(m, f"workload.{name}.", name, mode, total))
+        for b in baselines:
+            rows.append(_workload_row(m, f"workload.{name}.baseline.{b}.", name, b, total))
+    frame = pd.DataFrame(rows)
+    if not baselines:
+        frame = frame.drop(columns="method")
+    table = frame.set_index("workload").to_string()
     return (
         "workloads (speed and quality on the same generations; speedup = tokens/s with the prefill, "
         "paired 95% CI; tok/pass = tokens per full-depth pass):\n" + table

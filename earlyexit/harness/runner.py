@@ -38,6 +38,7 @@ from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
 from earlyexit.harness.job_status import write_status
+from earlyexit.harness.lineup import Lineup, build_lineup, check_lineup, divergence_margin, lineup_record
 from earlyexit.harness.loggers import log_run
 from earlyexit.harness.report import format_summary
 from earlyexit.harness.results import ResultStore, config_key, flatten_config, make_record
@@ -54,7 +55,13 @@ from earlyexit.measure.profile import (
 )
 from earlyexit.measure.protocol import Measured, interleaved_rounds, prompt_set, speedup_interval
 from earlyexit.measure.timing import device_name, environment
-from earlyexit.measure.workloads import WorkloadResult, measure_workload, overall_metrics, workload_metrics
+from earlyexit.measure.workloads import (
+    WorkloadResult,
+    measure_workload,
+    measured_named,
+    overall_metrics,
+    workload_metrics,
+)
 from earlyexit.model.adapter import ModelAdapter, get_adapter
 from earlyexit.model.graphs import Capture, default_capture
 from earlyexit.model.loading import (
@@ -158,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ValueError(f"calibration: {err}") from None
     train_config(cfg).validate()
-    check_mode(cfg.mode.name, cfg.mode.get("draft_length", 4), cfg.mode.get("max_draft", 5), kv_strategy(cfg))
+    check_mode(cfg.mode.name, kv=kv_strategy(cfg), **mode_options(cfg))
     bench_keys = ("prompts", "prompt_len", "max_new_tokens", "repeats", "profile_repeats")
     _positive(cfg, *(f"bench.{k}" for k in bench_keys))
     source = profile_source(cfg)
@@ -186,6 +193,8 @@ def validate(cfg: DictConfig) -> None:
             _positive(cfg, f"bench.{key}")
     workloads = OmegaConf.select(cfg, "bench.workloads", default=["heldout"])
     check_workloads(list(workloads), OmegaConf.to_container(cfg.task, resolve=True))
+    for warning in check_lineup(cfg):  # the baselines: names, draft model found, same tokenizer, smaller
+        log.warning("%s", warning)
     # Placement names and counts are checked even when the layer count is not known offline
     # (a hub model not loaded yet); layer bounds are checked whenever it is.
     num_layers = known_num_layers(cfg.model.name)
@@ -196,6 +205,11 @@ def validate(cfg: DictConfig) -> None:
     exit_layer = cfg.mode.get("exit_layer")
     if cfg.mode.name == "layerskip" and exit_layer is not None and exit_layer not in layers:
         raise ValueError(f"mode.exit_layer={exit_layer} is not a head layer; head layers: {layers}")
+    candidates = cfg.mode.get("candidate_layers") if cfg.mode.name == "del" else None
+    if candidates is not None and (not candidates or set(candidates) - set(layers)):
+        raise ValueError(
+            f"mode.candidate_layers={list(candidates)} must be a non-empty subset of the head layers {layers}"
+        )
     # Last: offline, a hub dataset is looked up in the datasets cache (seconds).
     resolve_text_source(cfg.data.source, cfg.task.get("offline"), cfg.cache_dir)  # the heads' training text
 
@@ -311,12 +325,14 @@ class Calibrated:
 
 @dataclass
 class Benchmarked:
-    """Stage 4: every workload timed (full first, then the mode) and the profile that prices it."""
+    """Stage 4: every workload timed (full first, then the mode, then the baselines) and the profile
+    that prices the mode."""
 
     results: list[WorkloadResult]
     profile: CostProfile
     source: str
     rounds: int
+    lineup: Lineup
 
     @property
     def primary(self) -> list[Measured]:
@@ -399,15 +415,29 @@ def load_stage(cfg: DictConfig) -> Loaded:
     return Loaded(adapter, tokenizer, model_id, heads, heads_key, calib, heldout, tcfg.seq_len)
 
 
+def mode_options(cfg: DictConfig) -> dict[str, Any]:
+    """The mode's settings as `check_mode`/`make_strategy` take them (absent keys: their defaults)."""
+    mode = cfg.mode
+    out: dict[str, Any] = {"draft_length": mode.get("draft_length", 4), "max_draft": mode.get("max_draft", 5)}
+    if mode.name == "del":
+        out.update(
+            decay=float(mode.get("decay", 0.95)), draft_stop=str(mode.get("draft_stop", "confidence")),
+            context=int(mode.get("context", 32)), head_cost=float(mode.get("head_cost", 0.0)),
+        )  # fmt: skip
+    return out
+
+
 def strategy_for(cfg: DictConfig, heads: HeadSet, policy: ThresholdPolicy | None) -> Strategy:
-    """The run's mode with ``policy`` (None: `full`)."""
+    """The run's mode with ``policy`` (None: `full`); del chooses its layers itself (no thresholds)."""
     if policy is None:
         return make_strategy("full")
     mode = cfg.mode
+    extra = {}
+    if mode.name == "del" and mode.get("candidate_layers") is not None:
+        extra["candidate_layers"] = list(mode.candidate_layers)
     return make_strategy(
-        mode.name, heads, policy, mode.get("exit_layer"), mode.get("draft_length", 4),
-        mode.get("max_draft", 5), kv_strategy(cfg),
-    )  # fmt: skip
+        mode.name, heads, policy, mode.get("exit_layer"), kv=kv_strategy(cfg), **mode_options(cfg), **extra
+    )
 
 
 def calibration_stage(cfg: DictConfig, loaded: Loaded, graphs: Capture | None) -> Calibrated:
@@ -461,7 +491,9 @@ def benchmark_stage(
     b, adapter, heads = cfg.bench, loaded.adapter, loaded.heads
     workloads = run_workloads(cfg, loaded)
     strategy = strategy_for(cfg, heads, calibrated.policy)
+    baselines = build_lineup(cfg, adapter, heads.layers)  # before any timing: refusals come first
     lineup = [make_strategy("full")] + ([] if cfg.mode.name == "full" else [strategy])
+    lineup += baselines.strategies
     rounds, between, source = None, None, profile_source(cfg)
     if source == "interleaved":  # the profile's rounds between the samples they price
         kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
@@ -482,12 +514,12 @@ def benchmark_stage(
     else:
         profile = cost_profile(cfg, adapter, heads, graphs)
     used = rounds.rounds if rounds is not None else b.profile_repeats
-    return Benchmarked(results, profile, source, used)
+    return Benchmarked(results, profile, source, used, baselines)
 
 
 def _lossless_check(cfg: DictConfig, result: WorkloadResult) -> None:
     """A lossless mode whose outputs differ from full's in float32/64 is a bug, not a result."""
-    base, mine = result.measured[0], result.measured[-1]
+    base, mine = result.measured[0], measured_named(result, cfg.mode.name)
     if cfg.mode.name not in LOSSLESS or mine.ids == base.ids:
         return
     bad = next(i for i, (a, c) in enumerate(zip(base.ids, mine.ids, strict=True)) if a != c)
@@ -498,22 +530,28 @@ def _lossless_check(cfg: DictConfig, result: WorkloadResult) -> None:
     log.warning("%s (half precision: a near-tie may part them; docs/engine.md)", message)
 
 
-def workload_record(cfg: DictConfig, bench: Benchmarked, num_layers: int) -> dict[str, Any]:
-    """``workloads`` and ``workload.<name>.*`` (and ``workload.overall.*``) for the record."""
+def workload_record(cfg: DictConfig, bench: Benchmarked, adapter: ModelAdapter) -> dict[str, Any]:
+    """``workloads`` and ``workload.<name>.*`` (and ``workload.overall.*``) for the record, then the
+    baselines' (harness/lineup.py)."""
+    num_layers = adapter.num_layers
     out: dict[str, Any] = {"workloads": [r.workload.name for r in bench.results]}
     for result in bench.results:
         _lossless_check(cfg, result)
         fields = workload_metrics(result, cfg.mode.name, num_layers, seed=cfg.seed)
+        margin = divergence_margin(result, cfg.mode.name, fields, adapter.model)
+        if margin is not None:
+            fields["divergence_margin"] = margin
         out.update({f"workload.{result.workload.name}.{k}": v for k, v in fields.items()})
     overall = overall_metrics(bench.results, cfg.mode.name, num_layers, seed=cfg.seed)
     out.update({f"workload.overall.{k}": v for k, v in overall.items()})
+    out.update(lineup_record(bench.results, bench.lineup, num_layers, adapter.model, cfg.seed))
     return out
 
 
 def bench_metrics(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench: Benchmarked) -> dict:
     """Stage 5: the record's timing, prediction, FLOPs and per-workload numbers."""
     adapter, policy, metric = loaded.adapter, calibrated.policy, cfg.metric.name
-    full_m, mode_m = bench.primary[0], bench.primary[-1]
+    full_m, mode_m = bench.primary[0], measured_named(bench.results[0], cfg.mode.name)
     full, mode = full_m.summary(), mode_m.summary()
     if cfg.mode.name == "full":  # the baseline is the run: measured once, its speedup is 1 by definition
         comparison = {"speedup": 1.0, "speedup_ci_low": 1.0, "speedup_ci_high": 1.0, "within_noise": True}
@@ -539,7 +577,7 @@ def bench_metrics(cfg: DictConfig, loaded: Loaded, calibrated: Calibrated, bench
     metrics["flops_saved"] = 1 - metrics["flops_ratio"]
     metrics["exit_histogram"] = mode["exit_histogram"]
     metrics["outputs_equal_full"] = mode_m.ids == full_m.ids
-    metrics.update(workload_record(cfg, bench, adapter.num_layers))
+    metrics.update(workload_record(cfg, bench, adapter))
     model_id = loaded.model_id  # which weights ran: a hub commit, or a local directory's content hash
     hub = "hub_id" in model_id
     metrics["model_fingerprint"] = (

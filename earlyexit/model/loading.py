@@ -37,6 +37,10 @@ EMBEDDED_MODEL_DIR = Path(__file__).parents[1] / "assets" / "tiny-stdlib"
 DEFAULT_MODEL = "embedded"
 # Stable identity of the embedded model, whatever directory the repository was cloned into.
 EMBEDDED_MODEL_ID = "earlyexit/tiny-stdlib"
+# Its 2-layer sibling with the same tokenizer: the draft model of `assisted` on the embedded model.
+EMBEDDED_DRAFT_DIR = Path(__file__).parents[1] / "assets" / "tiny-stdlib-draft"
+EMBEDDED_DRAFT = "embedded-draft"
+EMBEDDED_DRAFT_ID = "earlyexit/tiny-stdlib-draft"
 HUB_PROBE_TIMEOUT_S = 3.0
 PYTHIA_EOS = "<|endoftext|>"
 
@@ -161,11 +165,14 @@ def check_revision(name_or_path: str, revision: str | None) -> None:
 def resolve_model(name_or_path: str) -> str:
     """Turn a model name into what ``from_pretrained`` takes: a local directory or a hub id.
 
-    "embedded" -> the packaged model's directory; "pythia-410m" / "410m" -> its hub id;
-    an existing directory -> itself; anything else is passed through as a hub id.
+    "embedded" -> the packaged model's directory ("embedded-draft" -> its draft sibling's);
+    "pythia-410m" / "410m" -> its hub id; an existing directory -> itself; anything else is
+    passed through as a hub id.
     """
     if name_or_path == DEFAULT_MODEL:
         return str(EMBEDDED_MODEL_DIR)
+    if name_or_path == EMBEDDED_DRAFT:
+        return str(EMBEDDED_DRAFT_DIR)
     size = pythia_size(name_or_path)
     if size is not None:
         return PYTHIA_SIZES[size].hub_id
@@ -191,6 +198,8 @@ def load_model(
     )
     if name_or_path == DEFAULT_MODEL:
         model.config._name_or_path = EMBEDDED_MODEL_ID
+    elif name_or_path == EMBEDDED_DRAFT:
+        model.config._name_or_path = EMBEDDED_DRAFT_ID
     model.to(device)
     model.eval()
     return model, load_tokenizer(name_or_path, revision)
@@ -329,6 +338,12 @@ def _from_pretrained(loader: Any, name_or_path: str, revision: str | None = None
         raise ModelNotAvailableError(
             f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; recreate it with "
             f"`python scripts/train_embedded_model.py --out {EMBEDDED_MODEL_DIR}`"
+        )
+    if name_or_path == EMBEDDED_DRAFT and not EMBEDDED_DRAFT_DIR.is_dir():
+        raise ModelNotAvailableError(
+            f"the embedded draft model is missing from {EMBEDDED_DRAFT_DIR}; recreate it with "
+            f"`python scripts/train_embedded_model.py --out {EMBEDDED_DRAFT_DIR} --layers 2 "
+            f"--tokenizer {EMBEDDED_MODEL_DIR}`"
         )
     if Path(source).expanduser().is_dir():
         return loader.from_pretrained(str(Path(source).expanduser()), **kwargs)

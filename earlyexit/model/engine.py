@@ -44,6 +44,22 @@ CUDA_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 KV_STRATEGIES = ("fill", "propagate", "skip")
 
 
+MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take the engine's explicit mask
+
+
+def _mask_fill(adapter: ModelAdapter) -> float | None:
+    """None for SDPA (boolean masks); eager attention adds the mask to its scores, so masked keys
+    get the dtype's minimum. Others (flash attention, flex) take no arbitrary mask: refused, since
+    the engine's ragged K/V and verification rows need one (a bool added as 0/1 gave wrong tokens)."""
+    impl = getattr(adapter.config, "_attn_implementation", None) or "sdpa"
+    if impl not in MASKED_ATTENTION:
+        raise ValueError(
+            f"the engine needs explicit attention masks, which attn_implementation={impl!r} does not take; "
+            f"load the model with attn_implementation='sdpa' (earlyexit's load_model does) or 'eager'"
+        )
+    return torch.finfo(adapter.dtype).min if impl == "eager" else None
+
+
 def check_kv_strategy(kv: str) -> None:
     if kv not in KV_STRATEGIES:
         raise ValueError(f"unknown KV strategy {kv!r}; valid: {', '.join(KV_STRATEGIES)}")
@@ -137,6 +153,7 @@ class ExitEngine:
         self._attention = (
             partial(sdpa_kernel, CUDA_ATTENTION) if adapter.device.type == "cuda" else nullcontext
         )
+        self._mask_fill = _mask_fill(adapter)
         # A pass's FLOPs follow from its trace, once per pass: prefix sums of the layers' matmul
         # FLOPs, and attention FLOPs per key per row per layer.
         layer_flops = [linear_flops(layer) for layer in adapter.layers]
@@ -309,7 +326,7 @@ class ExitEngine:
             cache.positions, cache.kv_len = slots, base + rows
             # Every entry below `base` is an earlier token: one row needs no mask.
             keys = self._all_positions[: base + rows]
-            mask = None if rows == 1 else (keys[None, :] <= slots[:, None])[None, None]
+            mask = None if rows == 1 else self._mask((keys[None, :] <= slots[:, None])[None, None])
             h = adapter.run_layer(index, h, mask, pos_emb, cache)
             self._layer_len[index] = base + rows
             attended += base + rows
@@ -348,12 +365,21 @@ class ExitEngine:
         mask = None
         if masked:
             keys = self._all_positions[:kv_len]
-            mask = (keys[None, :] <= pos[:, None])[None, None]  # [1, 1, rows, kv_len]
+            mask = self._mask((keys[None, :] <= pos[:, None])[None, None])  # [1, 1, rows, kv_len]
         h = hidden[None]
         pos_emb = self._position_embeddings(h, pos)
         for index in range(start, end + 1):
             h = adapter.run_layer(index, h, mask, pos_emb, cache)
         return h[0]
+
+    def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """SDPA takes the boolean mask as is; eager attention adds its mask to the scores, so it gets
+        0 where a key may be attended and the dtype's minimum elsewhere."""
+        if self._mask_fill is None:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=self.adapter.dtype, device=allowed.device).masked_fill(
+            ~allowed, self._mask_fill
+        )
 
     def _position_embeddings(self, h: torch.Tensor, pos: torch.Tensor) -> tuple:
         if self._rope is None:

@@ -94,3 +94,34 @@ def test_bad_inputs_are_rejected():
         engine.forward(torch.tensor([], dtype=torch.long))
     with pytest.raises(ValueError, match="exceeds the context of 8"):
         engine.forward(torch.zeros(9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+def test_eager_attention_models_decode_the_same_tokens_as_transformers(family):
+    """Eager attention adds its mask to the scores: a boolean mask there gave wrong tokens."""
+    from earlyexit.decoding import DecodeSettings, FullDecoding, engine_for
+
+    model = (
+        tiny_gpt_neox(seed=11, attn="eager") if family == "gpt_neox" else tiny_llama(seed=11, attn="eager")
+    )
+    model = model.double().eval()
+    adapter = get_adapter(model)
+    strategy = FullDecoding()
+    engine = engine_for(strategy, adapter)
+    for seed in range(4):
+        prompt = torch.randint(
+            0, model.config.vocab_size, (5 + 3 * seed,), generator=torch.Generator().manual_seed(seed)
+        )
+        ids = strategy.generate(engine, prompt, DecodeSettings(max_new_tokens=12)).ids
+        ref = model.generate(
+            prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long), max_new_tokens=12,
+            do_sample=False, eos_token_id=None, pad_token_id=0,
+        )[0, len(prompt):].tolist()  # fmt: skip
+        assert ids == ref
+
+
+def test_attention_that_takes_no_explicit_mask_is_refused_naming_what_works():
+    model = tiny_gpt_neox(seed=1)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'.*'sdpa'"):
+        ExitEngine(get_adapter(model), exit_layers=[1])

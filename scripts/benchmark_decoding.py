@@ -33,6 +33,7 @@ from transformers import GPTNeoXForCausalLM
 from earlyexit.data.streams import token_streams
 from earlyexit.decoding import (
     DecodeSettings,
+    DELDecoding,
     DSSDDecoding,
     EarlyExitDecoding,
     FullDecoding,
@@ -120,9 +121,10 @@ def build(args):
 
 
 def modes(heads, thresholds, args):
-    """full, layerskip, and with calibrated thresholds early-exit (once per KV strategy) and dssd."""
+    """full, layerskip, del, and with calibrated thresholds early-exit (once per KV strategy) and dssd."""
     exit_layer = heads.layers[args.layerskip_head]
     out = {"full": FullDecoding(), "layerskip": LayerSkipDecoding(heads, exit_layer, args.draft_length)}
+    out["del"] = DELDecoding(heads)  # its own thresholds and lengths, learned per prompt (DEL's defaults)
     if thresholds is not None:
         policy = ThresholdPolicy(heads, args.metric, thresholds[args.target])
         for kv in args.kv:
@@ -298,6 +300,7 @@ def main() -> None:
         for n in (
             "layerskip",
             "dssd",
+            "del",
             *args.baselines,
             *(f"{m} (graphs)" for m in ("full", "layerskip", "dssd")),
         )

@@ -56,9 +56,12 @@ step() {  # step NAME LIMIT_S COMMAND...: run under min(LIMIT_S, what the budget
 # On the CPU these settings take 60 s on the embedded model (no graphs); CUDA times every mode twice.
 bench="$python scripts/benchmark_decoding.py --device cuda --prompts 6 --repeats 2 --max-new-tokens 48"
 step cuda-graph-test 60 "$python" -m pytest -x tests/model/test_graphs.py
-step embedded 150 $bench --profile-repeats 20
+# The lineup (transformers' generate, a draft model, prompt lookup) on the embedded model (its 2-layer
+# draft) and on Pythia-410m's shape (a random pythia-70m draft: timing only, acceptance meaningless).
+lineup="--baselines hf_generate,assisted,prompt_lookup"
+step embedded 170 $bench --profile-repeats 20 $lineup
 step pythia-160m 90 $bench --profile-repeats 15 --random-weights pythia-160m --dtype float16
-step pythia-410m 100 $bench --profile-repeats 15 --random-weights pythia-410m --dtype float16
+step pythia-410m 120 $bench --profile-repeats 15 --random-weights pythia-410m --dtype float16 $lineup
 step pythia-1.4b 120 $bench --profile-repeats 15 --random-weights pythia-1.4b --dtype float16
 step price-passes 60 "$python" scripts/price_passes.py --device cuda --repeats 2
 # The new benchmark JSONs as BENCHMARKS.md tables, ready to read when the call returns.

@@ -189,9 +189,13 @@ class DELDecoding:
         planner = _Planner(self, engine)
         previous, engine.tap = engine.tap, planner.tap
         try:
-            return speculative_generate(
+            result = speculative_generate(
                 engine, prompt, settings, None, self.max_draft, self.exit_layers, self.heads, planner
             )
+            # Shadow-token head rows ran outside the passes' exit checks: counted so the cost model
+            # prices them (their FLOPs are already in the heads' count).
+            result.stats.trace.extra_head_rows += planner.run.shadow_rows
+            return result
         finally:
             engine.tap = previous
             self.last_run = planner.run

@@ -26,6 +26,13 @@ from earlyexit.model.loading import ModelNotAvailableError, pythia_size
 
 log = logging.getLogger(__name__)
 
+# Why a baseline's record has no predicted time: the cost model prices the engine's passes from
+# their trace (what ran, segment by segment); a baseline runs transformers' own loop and cache,
+# which the cost profile does not time (its FLOPs are still counted from what ran).
+NOT_PRICED = (
+    "not priced: the cost profile times the engine's passes, and this baseline runs transformers' "
+    "own generation loop and cache"
+)
 # Architectures transformers' `assistant_early_exit` cannot run (known without loading the model).
 GPT_NEOX_NAMES = ("embedded",)
 
@@ -149,6 +156,7 @@ def lineup_record(
     out: dict[str, Any] = {"baselines": names}
     for name in names:
         out[f"baseline.{name}.settings"] = lineup.settings[name]
+        out[f"baseline.{name}.predicted"] = NOT_PRICED
         for result in results:
             fields = workload_metrics(result, name, num_layers, seed=seed)
             margin = divergence_margin(result, name, fields, model)

@@ -65,7 +65,7 @@ def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | Non
         out["layers_draft" if exited else "layers_full"] += total * new / (new + pending)
         out[pending_kind] += total * pending / (new + pending)
     evaluated = trace.heads_evaluated
-    out["head_matmuls"] = evaluated * profile.head_ms
+    out["head_matmuls"] = (evaluated + trace.extra_head_rows) * profile.head_ms
     out["exit_decisions"] = evaluated * profile.decision_overhead_ms(metric if DECIDES[mode] else None)
     if trace.projections:
         out["kv_projections"] = trace.projected_rows * profile.projection_ms()

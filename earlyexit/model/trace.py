@@ -112,6 +112,9 @@ class TraceCounts:
     checks: Counter = field(default_factory=Counter)  # (layer, fired) -> count
     unembed: Counter = field(default_factory=Counter)  # rows -> count
     projections: Counter = field(default_factory=Counter)  # (layers, rows) -> count (kv=propagate)
+    # Head rows evaluated outside any pass's exit checks (DEL's shadow tokens: every candidate
+    # layer's head on the states a round computed), priced as head matmuls by the cost model.
+    extra_head_rows: int = 0
 
     def add(self, trace: PassTrace) -> None:
         self.passes += 1
@@ -131,6 +134,7 @@ class TraceCounts:
         self.checks.update(other.checks)
         self.unembed.update(other.unembed)
         self.projections.update(other.projections)
+        self.extra_head_rows += other.extra_head_rows
 
     @property
     def layer_rows(self) -> int:
@@ -156,6 +160,7 @@ class TraceCounts:
             "checks": [[layer, int(fired), n] for (layer, fired), n in sorted(self.checks.items())],
             "unembed": [[rows, n] for rows, n in sorted(self.unembed.items())],
             "projections": [[layers, rows, n] for (layers, rows), n in sorted(self.projections.items())],
+            "extra_head_rows": self.extra_head_rows,
         }
 
     @classmethod
@@ -174,4 +179,5 @@ class TraceCounts:
             out.unembed[int(rows)] = int(n)
         for layers, rows, n in data.get("projections", []):  # absent in records before kv strategies
             out.projections[(int(layers), int(rows))] = int(n)
+        out.extra_head_rows = int(data.get("extra_head_rows", 0))  # absent before DEL
         return out

@@ -355,6 +355,7 @@ def test_statistics_and_costs_are_consistent(case):
         kept = [(r.accepted + 1, r.drafted) for r in run.rounds[:-1]]
         shadow = len(layers) * run.context_rows + sum((len(layers) - 1) * n + max(0, n - d) for n, d in kept)
         assert run.shadow_rows == shadow
+        assert stats.trace.extra_head_rows == shadow  # priced by the cost model as head calls
         assert head_flops == per_row * (stats.drafted + shadow)
         assert stats.flops == sum(out.flops for _, out in calls.passes[1:]) + head_flops
         if arch == "shared":  # one unembedding for every layer: one call per update

@@ -66,6 +66,7 @@ def test_the_embedded_model_runs_the_lineup_and_records_each_baseline_beside_the
     summary = runner.run(config(*overrides, f"cache_dir={tmp_path}"), tmp_path)
     m = summary["metrics"]
     assert m["baselines"] == ["hf_generate", "assisted", "prompt_lookup"]
+    assert m["baseline.assisted.predicted"].startswith("not priced")  # said, not left blank
     assert m["baseline.assisted.settings"]["draft_model"] == "embedded-draft"
     assert m["baseline.assisted.settings"]["draft_fingerprint"].startswith("weights=")
     for name in m["baselines"]:
@@ -78,3 +79,11 @@ def test_the_embedded_model_runs_the_lineup_and_records_each_baseline_beside_the
     assert m["workload.heldout.baseline.hf_generate.flops_ratio"] == pytest.approx(1.0)
     assert m["workload.heldout.baseline.assisted.acceptance_rate"] >= 0
     assert "acceptance" not in json.dumps(m["baseline.prompt_lookup.settings"])  # settings, not results
+
+
+def test_a_del_run_is_recorded_lossless_and_priced(tmp_path):
+    summary = runner.run(config(*TINY_RUN, "mode=del", f"cache_dir={tmp_path}"), tmp_path)
+    m = summary["metrics"]
+    assert m["outputs_equal_full"] and m["workload.heldout.outputs_equal_full"]
+    assert m["workload.heldout.prompts_differing"] == 0 and "first_divergence_prompt" not in m
+    assert m["predicted_tpot_ms"] > 0 and m["workload.heldout.mean_accepted_tokens"] >= 1.0

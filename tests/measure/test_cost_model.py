@@ -65,6 +65,16 @@ def test_a_trace_is_priced_part_by_part_by_hand():
         price(trace, p, "fast", None)
 
 
+def test_del_shadow_head_rows_are_priced_as_head_calls_and_survive_the_record():
+    trace = TraceCounts(passes=1, checks=Counter({(1, True): 2}), extra_head_rows=5)
+    got = price(trace, hand_profile(), "del", "entropy")
+    assert got["head_matmuls"] == pytest.approx((2 + 5) * 0.3) and got["exit_decisions"] == 0
+    back = TraceCounts.from_json(json.loads(json.dumps(trace.to_json())))
+    assert back.extra_head_rows == 5
+    old = {k: v for k, v in trace.to_json().items() if k != "extra_head_rows"}  # a record from before DEL
+    assert TraceCounts.from_json(old).extra_head_rows == 0
+
+
 def test_propagated_kv_is_priced_per_layer_and_row_and_an_old_profile_says_it_cannot():
     trace = TraceCounts(
         passes=2,

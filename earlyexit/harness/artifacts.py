@@ -8,15 +8,25 @@ Shipped artifacts (the embedded model's heads) are looked up first.
 
 A cached artifact that cannot be read (a truncated file from a full disk or a copy cut short,
 invalid JSON) is moved aside with a warning and made again: it must never fail every rerun.
+
+Concurrent jobs (a multirun, SLURM jobs sharing the cache) that miss the same artifact make it
+once: the first takes an exclusive ``flock`` on ``<kind>/<key>.lock`` and makes it, the others wait
+on the lock and then read what it wrote (`made_once`). Artifacts are written to a temporary file
+and renamed, so a job killed while it holds the lock leaves no partial artifact, and the kernel
+releases its lock when it dies, so the next job makes the artifact itself (heads resume from their
+training checkpoint).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -69,6 +79,39 @@ def read_or_quarantine(path: Path, read: Callable[[Path], T]) -> T | None:
         return None
 
 
+@contextmanager
+def artifact_lock(cache_dir: str | Path, kind: str, key: str) -> Iterator[None]:
+    """Hold the exclusive lock of one artifact; says so when another job holds it (and waits)."""
+    root = Path(cache_dir) / kind
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s %s: another job is making it; waiting for it (lock %s)", kind, key, path)
+            start = time.monotonic()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            log.info("%s %s: lock released after %.0f s", kind, key, time.monotonic() - start)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def made_once(
+    cache_dir: str | Path, kind: str, key: str, read: Callable[[], T | None], make: Callable[[], T]
+) -> T:
+    """``read()`` (None on a miss), else ``make()`` under the artifact's lock, reading again once the
+    lock is held: a job that waited finds what the holder made and does not make it again."""
+    found = read()
+    if found is not None:
+        return found
+    with artifact_lock(cache_dir, kind, key):
+        found = read()
+        return found if found is not None else make()
+
+
 def find_artifact(cache_dir: str | Path, kind: str, key: str, suffix: str) -> Path | None:
     for root in (SHIPPED_DIR, Path(cache_dir) / kind):
         path = root / f"{key}{suffix}"
@@ -108,41 +151,55 @@ def prepare_heads(
     key = artifact_key(**identity)
     if spec.architecture == "shared":
         return HeadSet(adapter, spec), key
-    found = find_artifact(cache_dir, "heads", key, ".safetensors")
-    if found is not None:
+
+    def cached() -> HeadSet | None:
+        found = find_artifact(cache_dir, "heads", key, ".safetensors")
+        if found is None:
+            return None
         # The key covers the model's content, so a copy of the same weights under another path is
         # the same model: the name check in HeadSet.load would refuse it for nothing.
         loaded = read_or_quarantine(found, lambda p: HeadSet.load(p, adapter, check_model_id=False))
         if loaded is not None:
             log.info("heads: cached %s", found)
-            return loaded, key
-    heads = HeadSet(adapter, spec)
-    path = artifact_path(cache_dir, "heads", key, ".safetensors", identity, about)
-    ckpt = path.with_suffix(".ckpt")
-    if ckpt.exists():  # resume from it, unless it is unreadable
-        read_or_quarantine(ckpt, read_checkpoint)
-    train_heads(adapter, heads, train_stream, tcfg, checkpoint=ckpt)
-    heads.save(path)
-    ckpt.unlink(missing_ok=True)
-    log.info("heads: trained and stored %s", path)
-    return heads, key
+        return loaded
+
+    def train() -> HeadSet:
+        heads = HeadSet(adapter, spec)
+        path = artifact_path(cache_dir, "heads", key, ".safetensors", identity, about)
+        ckpt = path.with_suffix(".ckpt")
+        if ckpt.exists():  # resume from it (a job killed while training), unless it is unreadable
+            read_or_quarantine(ckpt, read_checkpoint)
+        train_heads(adapter, heads, train_stream, tcfg, checkpoint=ckpt)
+        heads.save(path)  # atomic: written aside, then renamed
+        ckpt.unlink(missing_ok=True)
+        log.info("heads: trained and stored %s", path)
+        return heads
+
+    return made_once(cache_dir, "heads", key, cached, train), key
 
 
 def cached_json(cache_dir: str | Path, kind: str, identity: dict, compute) -> dict:
     """Return the JSON artifact for `identity`, computing and storing it on a miss."""
     key = artifact_key(**identity)
-    found = find_artifact(cache_dir, kind, key, ".result.json")
-    if found is not None:
+
+    def cached() -> dict | None:
+        found = find_artifact(cache_dir, kind, key, ".result.json")
+        if found is None:
+            return None
         value = read_or_quarantine(found, _read_json_object)
         if value is not None:
             log.info("%s: cached %s", kind, found)
-            return value
-    value = compute()
-    path = artifact_path(cache_dir, kind, key, ".result.json", identity)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
-    return value
+        return value
+
+    def make() -> dict:
+        value = compute()
+        path = artifact_path(cache_dir, kind, key, ".result.json", identity)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(value, indent=2))
+        tmp.replace(path)
+        return value
+
+    return made_once(cache_dir, kind, key, cached, make)
 
 
 def _read_json_object(path: Path) -> dict:
@@ -183,14 +240,21 @@ def cached_token_streams(
     }
     key = artifact_key(**identity)
     path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
-    if path.exists():
-        cached = read_or_quarantine(path, _read_streams)
-        if cached is not None:
+
+    def cached() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if not path.exists():
+            return None
+        streams = read_or_quarantine(path, _read_streams)
+        if streams is not None:
             log.info("token streams: cached %s", path)
-            return cached
-    train, calib, heldout = token_streams(tokenizer, source, heldout_fraction)
-    path = artifact_path(cache_dir, "tokens", key, ".safetensors", identity, {"source": source})
-    tmp = path.with_suffix(".tmp")
-    save_file({"train": train, "calibration": calib, "heldout": heldout}, str(tmp))
-    tmp.replace(path)  # atomic: concurrent jobs of a multirun never read a half-written file
-    return train, calib, heldout
+        return streams
+
+    def make() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        train, calib, heldout = token_streams(tokenizer, source, heldout_fraction)
+        artifact_path(cache_dir, "tokens", key, ".safetensors", identity, {"source": source})
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"train": train, "calibration": calib, "heldout": heldout}, str(tmp))
+        tmp.replace(path)  # atomic: concurrent jobs of a multirun never read a half-written file
+        return train, calib, heldout
+
+    return made_once(cache_dir, "tokens", key, cached, make)

@@ -38,18 +38,19 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
     record = json.loads((tmp_path / "cpu-pythia-70m-float32.json").read_text())
     modes = record["modes"]
     baselines = {"hf_generate", "prompt_lookup", "assisted"}
-    assert set(modes) == {"full", "layerskip", *baselines, "full (graphs)", "layerskip (graphs)"}
+    engine_modes = {"full", "layerskip", "del"}
+    assert set(modes) == {*engine_modes, *baselines, *(f"{m} (graphs)" for m in engine_modes)}
     for name, mode in modes.items():  # every mode against `full` of its own regime, with an interval
         assert mode["speedup_ci_low"] <= mode["speedup"] <= mode["speedup_ci_high"], name
         assert mode["timing_samples"] == 4  # 2 prompts x 2 repeats
     assert modes["full"]["speedup"] == 1.0 and modes["full"]["within_noise"]
     assert "ratio_ci_low" in modes["full"]["vs_hf_generate"]
     assert modes["full (graphs)"]["graphs_captured"] > 0 and modes["full"]["graphs_captured"] == 0
-    for name in ("full", "layerskip", "full (graphs)", "layerskip (graphs)"):  # priced by the cost model
+    for name in ("full", "layerskip", "del", "full (graphs)", "layerskip (graphs)"):  # priced
         assert modes[name]["predicted_ms"]["tpot_ms"] > 0
     for name in baselines:  # not the engine: no trace to price
         assert "predicted_ms" not in modes[name]
-    assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 6
+    assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 7
     assert record["baselines"]["assisted"]["draft_fingerprint"] == "random:pythia-70m"
     assert record["baselines"]["prompt_lookup"]["prompt_lookup_num_tokens"] == 10
     assert record["graphs"] == "replay"

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from earlyexit.harness.cluster import launcher_problem
 from earlyexit.harness.job_status import FAILED
 from earlyexit.harness.loggers import strip_wandb_args
 from earlyexit.harness.runner import record_run
@@ -60,7 +61,7 @@ if __name__ == "__main__":
     # argument, `_wandb={...}` (a Python dict repr): no key of ours and no valid Hydra override, so
     # Hydra would refuse the whole command line. Drop it before Hydra parses sys.argv.
     sys.argv = strip_wandb_args(sys.argv)
-    hint = group_hint(sys.argv)
+    hint = group_hint(sys.argv) or launcher_problem(sys.argv)
     if hint is not None:
         print(f"error: {hint}", file=sys.stderr)
         sys.exit(2)

@@ -233,3 +233,24 @@ def hf_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
     return cache
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "slurm: end-to-end against a real SLURM (`make test-slurm`: scripts/slurm_local.sh up, then "
+        "EARLYEXIT_SLURM_TESTS=1); skipped otherwise",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    import os
+
+    if os.environ.get("EARLYEXIT_SLURM_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(
+        reason="SLURM end-to-end tests run with `make test-slurm` (EARLYEXIT_SLURM_TESTS=1)"
+    )
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from earlyexit.harness.cluster import is_slurm_launcher, quiet_submitit
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FAILED", "STATUS_FILE", "SweepReport", "sweep_failures", "write_status"]
@@ -55,6 +57,8 @@ class SweepReport(Callback):
         self.start = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_slurm_launcher(config):  # one line instead of submitit's sacct warning on every poll
+            quiet_submitit()
         self.start = time.time()
         FAILED.clear()
 

@@ -9,9 +9,11 @@ sweep over metric, target or mode never retrains. A finished config is skipped u
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import logging
 import math
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,8 +212,30 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(
             f"mode.candidate_layers={list(candidates)} must be a non-empty subset of the head layers {layers}"
         )
+    for key in (
+        "results.path",
+        "cache_dir",
+    ):  # a job that cannot store what it made fails now, not at the end
+        _check_writable(key, Path(str(OmegaConf.select(cfg, key))), is_file=key == "results.path")
     # Last: offline, a hub dataset is looked up in the datasets cache (seconds).
     resolve_text_source(cfg.data.source, cfg.task.get("offline"), cfg.cache_dir)  # the heads' training text
+
+
+def _check_writable(key: str, path: Path, is_file: bool) -> None:
+    """Refuse a path this process cannot create or write, naming the key, the path and the reason."""
+    folder = path.parent if is_file else path
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if is_file and path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{key}={path} is not writable by this job (user {getpass.getuser()})")
+    if not existing.is_dir():
+        raise ValueError(f"{key}={path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{key}={path} cannot be written by this job (user {getpass.getuser()}): {existing} is not "
+            "writable; choose a folder the job can write, e.g. on the shared filesystem"
+        )
 
 
 def record_run(

@@ -221,6 +221,7 @@ def test_selection_prompts_come_from_calibration_tokens_the_thresholds_were_not_
 
 def run_app(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONUNBUFFERED"] = "1"  # each line arrives when written: a pipe would buffer "stage 4/5"
     cmd = [
         sys.executable,
         str(ROOT / "run.py"),
@@ -398,6 +399,7 @@ def test_ctrl_c_ends_with_one_line(tmp_path):
     import signal
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONUNBUFFERED"] = "1"  # each line arrives when written: a pipe would buffer "stage 4/5"
     cmd = [
         sys.executable, str(ROOT / "run.py"), *FAST, "bench.repeats=50",
         f"results.path={tmp_path / 'records.jsonl'}", f"cache_dir={tmp_path / 'cache'}",

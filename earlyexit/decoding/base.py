@@ -169,11 +169,13 @@ class Run:
         synchronize(self.engine.adapter.device)
         return time.perf_counter()
 
-    def prefill(self) -> None:
-        """Run the prompt at full depth and emit the first token (time to first token)."""
+    def prefill(self) -> StepOutput:
+        """Run the prompt at full depth and emit the first token (time to first token); returns the
+        pass (DEL seeds its statistics from its final logits)."""
         out = self.engine.forward(self.prompt)
         self.stats.forward_passes += 1
         self.emit([greedy(out.logits)])
+        return out
 
     def forward(self, ids: torch.Tensor, exit_check=None) -> StepOutput:
         out = self.engine.forward(ids, exit_check)

@@ -68,12 +68,8 @@ def speculative_generate(
 ) -> DecodeResult:
     """Greedy draft-and-verify; with `planner`, its `plan()` replaces `draft_policy` and `max_draft`."""
     run = Run(engine, prompt, settings, exit_layers, heads)
-    if planner is None:
-        run.prefill()
-    else:  # Run.prefill, keeping the pass: its final logits seed the planner's statistics
-        out = engine.forward(run.prompt)
-        run.stats.forward_passes += 1
-        run.emit([greedy(out.logits)])
+    out = run.prefill()
+    if planner is not None:  # the prefill's final logits seed the planner's statistics
         planner.prefilled(out)
     while not run.done:
         if planner is not None:

@@ -37,6 +37,15 @@ NOT_PRICED = (
 GPT_NEOX_NAMES = ("embedded",)
 
 
+# bench.<key> -> make_baseline's keyword.
+BASELINE_KEYS = {
+    "num_assistant_tokens": "num_assistant_tokens",
+    "assistant_confidence_threshold": "confidence_threshold",
+    "lookup_tokens": "lookup_tokens",
+    "lookup_ngram": "lookup_ngram",
+}
+
+
 def baseline_names(cfg: DictConfig) -> list[str]:
     """``bench.baselines`` as a list (configs written before the key existed had none)."""
     names = OmegaConf.select(cfg, "bench.baselines", default=None) or []
@@ -122,13 +131,12 @@ def build_lineup(cfg: DictConfig, adapter: ModelAdapter, head_layers: list[int])
             raise ValueError(f"bench.baselines: hf_early_exit cannot run on this model: {reason}")
     exit_layer = OmegaConf.select(cfg, "bench.hf_exit_layer", default=None)
     exit_layer = head_layers[-1] if exit_layer is None else int(exit_layer)
+    # Settings the config gives; make_baseline's defaults (transformers') for the rest.
+    given = {arg: b[key] for key, arg in BASELINE_KEYS.items() if b.get(key) is not None}
     for name in names:
         strategy = make_baseline(
             name, model, draft=draft if name == "assisted" else None, exit_layer=exit_layer,
-            num_assistant_tokens=int(b.get("num_assistant_tokens", 20)),
-            confidence_threshold=float(b.get("assistant_confidence_threshold", 0.4)),
-            lookup_tokens=int(b.get("lookup_tokens", 10)), lookup_ngram=int(b.get("lookup_ngram", 2)),
-            draft_fingerprint=fingerprint,
+            draft_fingerprint=fingerprint, **given,
         )  # fmt: skip
         lineup.strategies.append(strategy)
         lineup.settings[name] = {**strategy.settings(), **(draft_about if name == "assisted" else {})}

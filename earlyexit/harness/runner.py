@@ -443,11 +443,8 @@ def mode_options(cfg: DictConfig) -> dict[str, Any]:
     """The mode's settings as `check_mode`/`make_strategy` take them (absent keys: their defaults)."""
     mode = cfg.mode
     out: dict[str, Any] = {"draft_length": mode.get("draft_length", 4), "max_draft": mode.get("max_draft", 5)}
-    if mode.name == "del":
-        out.update(
-            decay=float(mode.get("decay", 0.95)), draft_stop=str(mode.get("draft_stop", "confidence")),
-            context=int(mode.get("context", 32)), head_cost=float(mode.get("head_cost", 0.0)),
-        )  # fmt: skip
+    if mode.name == "del":  # keys the config sets; the factory's defaults (DEL's) for the rest
+        out.update({k: mode[k] for k in ("decay", "draft_stop", "context", "head_cost") if k in mode})
     return out
 
 

@@ -45,6 +45,8 @@ class DecodeStats:
     flops: int = 0  # decode passes (not prefill): analytic FLOPs of layers, attention, unembedding, heads
     exit_histogram: Counter = field(default_factory=Counter)  # exit layer -> passes
     trace: TraceCounts = field(default_factory=TraceCounts)  # decode passes' work, as counts
+    # A draft model's decode passes (the `assisted` baseline): another model, priced with its own profile.
+    draft_trace: TraceCounts = field(default_factory=TraceCounts)
     ttft_s: float = 0.0
     total_s: float = 0.0
 

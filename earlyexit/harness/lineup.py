@@ -18,20 +18,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from earlyexit.decoding import Strategy
 from earlyexit.measure.baselines import check_baselines, hf_early_exit_unsupported, make_baseline
+from earlyexit.measure.cost_model import predict
 from earlyexit.measure.divergence import logit_margin
-from earlyexit.measure.workloads import WorkloadResult, overall_metrics, workload_metrics
+from earlyexit.measure.profile import CostProfile
+from earlyexit.measure.workloads import WorkloadResult, measured_named, overall_metrics, workload_metrics
 from earlyexit.model.adapter import ModelAdapter
 from earlyexit.model.draft import check_draft_model, default_draft_model, load_draft_model
 from earlyexit.model.loading import ModelNotAvailableError, pythia_size
+from earlyexit.model.trace import TraceCounts
 
 log = logging.getLogger(__name__)
 
-# Why a baseline's record has no predicted time: the cost model prices the engine's passes from
-# their trace (what ran, segment by segment); a baseline runs transformers' own loop and cache,
-# which the cost profile does not time (its FLOPs are still counted from what ran).
-NOT_PRICED = (
-    "not priced: the cost profile times the engine's passes, and this baseline runs transformers' "
-    "own generation loop and cache"
+# How a baseline's predicted time is made (``baseline.<B>.predicted``): what ran after the first token
+# (measure/baselines.py `decode_trace`) priced with the engine's component profile. transformers' own
+# generation loop, cache and candidate bookkeeping cost more per pass than the engine's pass_fixed,
+# so the prediction error is mostly that overhead: the part of the time that is not computation.
+PRICED = (
+    "priced: the target's passes after the first token, as full-depth segments of their rows, with "
+    "this run's cost profile"
+)
+PRICED_DRAFT = "; the draft model's passes with the draft's own cached profile ({key})"
+PRICED_CAVEAT = (
+    "; transformers' generation loop and cache are not in the profile (the engine's per-pass cost "
+    "is), so prediction_error is mostly their overhead"
 )
 # Architectures transformers' `assistant_early_exit` cannot run (known without loading the model).
 GPT_NEOX_NAMES = ("embedded",)
@@ -107,6 +116,7 @@ class Lineup:
 
     strategies: list[Strategy] = field(default_factory=list)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    draft: Any = None  # the draft model `assisted` runs with, if any
 
 
 def build_lineup(cfg: DictConfig, adapter: ModelAdapter, head_layers: list[int]) -> Lineup:
@@ -125,6 +135,7 @@ def build_lineup(cfg: DictConfig, adapter: ModelAdapter, head_layers: list[int])
         name, revision = draft_model_name(cfg), OmegaConf.select(cfg, "bench.draft_revision", default=None)
         draft, fingerprint = load_draft_model(name, adapter.dtype, str(adapter.device), revision)
         draft_about = {"draft_model": name}
+        lineup.draft = draft
     if "hf_early_exit" in names:
         reason = hf_early_exit_unsupported(model)
         if reason is not None:
@@ -154,19 +165,63 @@ def divergence_margin(result: WorkloadResult, name: str, fields: dict, model: An
     return logit_margin(model, result.workload.prompts[prompt].ids, full_out, position)
 
 
+def predicted_tpot_ms(summary: dict, profile: CostProfile, draft_profile: CostProfile | None = None) -> float:
+    """A strategy's time per token after the first, priced from its traces (``trace``, and
+    ``draft_trace`` with the draft's profile) as `full`'s work is: full-depth segments, no exits."""
+    tokens = summary["decode_tokens"]
+    total = predict(TraceCounts.from_json(summary["trace"]), tokens, profile, "full", None)["tpot_ms"]
+    if "draft_trace" in summary:
+        if draft_profile is None:
+            raise ValueError("draft-model passes need the draft's cost profile to price them")
+        draft = TraceCounts.from_json(summary["draft_trace"])
+        total += predict(draft, tokens, draft_profile, "full", None)["tpot_ms"]
+    return total
+
+
+def baseline_prediction(
+    result: WorkloadResult, name: str, profile: CostProfile, draft_profile: CostProfile | None
+) -> dict[str, float]:
+    """``predicted_tpot_ms``, its error against the measured mean and the predicted decode speedup
+    over `full` on the same workload (full priced by the same profile)."""
+    mine, full = measured_named(result, name).summary(), result.measured[0].summary()
+    if not mine["decode_tokens"] or not full["decode_tokens"]:
+        return {}
+    predicted = predicted_tpot_ms(mine, profile, draft_profile)
+    out = {"predicted_tpot_ms": predicted, "prediction_error": predicted / mine["tpot_ms_mean"] - 1}
+    out["predicted_decode_speedup"] = predicted_tpot_ms(full, profile) / predicted
+    if "draft_trace" in mine:
+        draft = TraceCounts.from_json(mine["draft_trace"])
+        out["predicted_draft_tpot_ms"] = predict(draft, mine["decode_tokens"], draft_profile, "full", None)[
+            "tpot_ms"
+        ]
+    return out
+
+
 def lineup_record(
-    results: list[WorkloadResult], lineup: Lineup, num_layers: int, model: Any, seed: int
+    results: list[WorkloadResult],
+    lineup: Lineup,
+    num_layers: int,
+    model: Any,
+    seed: int,
+    profile: CostProfile,
+    draft_profile: CostProfile | None = None,
 ) -> dict[str, Any]:
-    """``baselines``, ``baseline.<B>.settings`` and ``workload.<W>.baseline.<B>.*`` (and overall)."""
+    """``baselines``, ``baseline.<B>.settings`` and ``workload.<W>.baseline.<B>.*`` (and overall),
+    each baseline's time per token priced with `profile` (and the draft's with `draft_profile`)."""
     if not lineup.strategies:
         return {}
     names = [s.name for s in lineup.strategies]
     out: dict[str, Any] = {"baselines": names}
+    if draft_profile is not None:
+        out["baseline.draft_profile"] = draft_profile.to_json()  # the record prices again on its own
     for name in names:
         out[f"baseline.{name}.settings"] = lineup.settings[name]
-        out[f"baseline.{name}.predicted"] = NOT_PRICED
+        drafts = name == "assisted" and draft_profile is not None
+        how = PRICED + (PRICED_DRAFT.format(key=draft_profile.key) if drafts else "") + PRICED_CAVEAT
+        out[f"baseline.{name}.predicted"] = how
         for result in results:
             fields = workload_metrics(result, name, num_layers, seed=seed)
+            fields.update(baseline_prediction(result, name, profile, draft_profile))
             margin = divergence_margin(result, name, fields, model)
             if margin is not None:
                 fields["divergence_margin"] = margin
@@ -187,9 +242,11 @@ def lineup_record(
 __all__ = [
     "Lineup",
     "baseline_names",
+    "baseline_prediction",
     "build_lineup",
     "check_lineup",
     "divergence_margin",
     "draft_model_name",
     "lineup_record",
+    "predicted_tpot_ms",
 ]

@@ -357,6 +357,7 @@ class Benchmarked:
     source: str
     rounds: int
     lineup: Lineup
+    draft_profile: CostProfile | None = None  # prices the `assisted` baseline's draft passes
 
     @property
     def primary(self) -> list[Measured]:
@@ -535,7 +536,8 @@ def benchmark_stage(
     else:
         profile = cost_profile(cfg, adapter, heads, graphs)
     used = rounds.rounds if rounds is not None else b.profile_repeats
-    return Benchmarked(results, profile, source, used, baselines)
+    draft = draft_cost_profile(cfg, baselines.draft) if baselines.draft is not None else None
+    return Benchmarked(results, profile, source, used, baselines, draft)
 
 
 def _lossless_check(cfg: DictConfig, result: WorkloadResult) -> None:
@@ -565,7 +567,8 @@ def workload_record(cfg: DictConfig, bench: Benchmarked, adapter: ModelAdapter) 
         out.update({f"workload.{result.workload.name}.{k}": v for k, v in fields.items()})
     overall = overall_metrics(bench.results, cfg.mode.name, num_layers, seed=cfg.seed)
     out.update({f"workload.overall.{k}": v for k, v in overall.items()})
-    out.update(lineup_record(bench.results, bench.lineup, num_layers, adapter.model, cfg.seed))
+    priced = (bench.profile, bench.draft_profile)
+    out.update(lineup_record(bench.results, bench.lineup, num_layers, adapter.model, cfg.seed, *priced))
     return out
 
 
@@ -786,6 +789,16 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
     profile = CostProfile.from_json(cached_json(cfg.cache_dir, "profile", identity, measure))
     log.info("%s", profile.describe())
     return profile
+
+
+def draft_cost_profile(cfg: DictConfig, draft: Any) -> CostProfile:
+    """The draft model's component profile (cached like the target's; never interleaved: the draft's
+    passes are a small share of a run). Profiles time one head too: the draft gets a shared one,
+    which costs nothing to build and is never used to price its passes."""
+    adapter = get_adapter(draft)
+    heads = HeadSet(adapter, HeadSpec("shared", (max(0, adapter.num_layers // 2 - 1),)))
+    log.info("cost profile of the draft model (prices the assisted baseline's draft passes)")
+    return cost_profile(cfg, adapter, heads, None)
 
 
 def predict_run(profile: CostProfile, mode_name: str, metric: str, mode: dict, full: dict) -> dict:

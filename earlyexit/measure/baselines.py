@@ -22,9 +22,10 @@ wrapper on the call's candidate generator records drafts and acceptance (`_Candi
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +41,15 @@ from earlyexit.model.adapter import ModelAdapter, get_adapter
 from earlyexit.model.device import synchronize
 from earlyexit.model.engine import ExitEngine
 from earlyexit.model.flops import attention_flops, linear_flops, unembed_flops
+from earlyexit.model.trace import TraceCounts
 
 __all__ = [
     "BASELINES",
     "HFBaseline",
     "PassRecord",
     "check_baselines",
+    "decode_trace",
+    "first_token_pass",
     "hf_early_exit_unsupported",
     "make_baseline",
 ]
@@ -85,6 +89,7 @@ class PassRecord:
     rows: int  # tokens fed
     kv_len: int  # keys attended over (cached + fed)
     logits_rows: int  # rows the LM head computed
+    seq: int = 0  # order among the call's passes of every model (the draft's and the target's)
 
     @property
     def prefill(self) -> bool:
@@ -95,9 +100,10 @@ class PassRecord:
 class _PassLog:
     """Forward hook: every pass of one model, as ints (no timer, no sync; priced after the clock)."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, order: Iterator[int] | None = None) -> None:
         self.base = getattr(model, model.base_model_prefix)
         self.passes: list[PassRecord] = []
+        self.order = order if order is not None else itertools.count()
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -107,7 +113,7 @@ class _PassLog:
         cache = output.past_key_values
         kv = cache.get_seq_length() if cache is not None else rows
         layers = self.base.config.num_hidden_layers  # lowered while transformers' LayerSkip drafts
-        self.passes.append(PassRecord(layers, rows, kv, output.logits.shape[1]))
+        self.passes.append(PassRecord(layers, rows, kv, output.logits.shape[1], next(self.order)))
 
 
 class _CandidateCounts:
@@ -255,7 +261,9 @@ class HFBaseline:
     ``hf_early_exit``, {exit layer: its draft passes but the draft's prefill}); ``drafted``,
     ``accepted``, ``verifications`` as counted on the candidate generator (`_CandidateCounts`);
     ``flops`` = analytic FLOPs of every pass but the prefill's prompt rows, the draft model's
-    passes included (`_Shape`); ``trace`` stays empty (the cost model prices engine passes only).
+    passes included (`_Shape`); ``trace`` (and ``draft_trace``, the draft model's) = the passes after
+    the first token, each as one segment of its depth (`decode_trace`), so the cost model prices them
+    like the engine's passes.
     """
 
     name = "hf_generate"
@@ -311,9 +319,10 @@ class HFBaseline:
         if settings.stop is not None and settings.stop.stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopCriteria(settings.stop, ids.shape[1])])
         counts = _CandidateCounts()
-        logs = {"target": _PassLog(model)}
+        order = itertools.count()  # one sequence over both models: which passes the first token waited for
+        logs = {"target": _PassLog(model, order)}
         if self.draft is not None:
-            logs["draft"] = _PassLog(self.draft)
+            logs["draft"] = _PassLog(self.draft, order)
         with _Hooked(model, self.draft, logs, counts, self._drafting()):
             streamer = _FirstToken(device)
             synchronize(device)
@@ -349,6 +358,11 @@ class HFBaseline:
         shapes = {"target": self._shape, "draft": self._draft_shape}
         passes = {k: list(v.passes) for k, v in logs.items()}
         self.last = CallLog(prompt_len, passes=passes, accepted_per_step=counts.accepted_per_step)
+        first = first_token_pass(logs["target"].passes, last)
+        stats.trace = decode_trace(logs["target"].passes, first, last)
+        if "draft" in logs:
+            depth = self.draft.config.num_hidden_layers
+            stats.draft_trace = decode_trace(logs["draft"].passes, first, depth)
         for kind, log in logs.items():
             shape = shapes[kind]
             for p in log.passes:
@@ -560,6 +574,29 @@ def _check_inputs(prompt: torch.Tensor, settings: DecodeSettings, max_len: int) 
         )
     if settings.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+
+
+def first_token_pass(target: Sequence[PassRecord], depth: int) -> int | None:
+    """The order (``seq``) of the pass after which the first token is handed out: the target's first
+    full-depth (``depth``) pass, which for `assisted` and `hf_early_exit` follows the first round's
+    drafts. The measured time per token starts there, so the priced work does too."""
+    return next((p.seq for p in target if p.layers == depth), None)
+
+
+def decode_trace(passes: Sequence[PassRecord], after: int | None, depth: int) -> TraceCounts:
+    """``passes`` after pass ``after`` (`first_token_pass`) as the engine's trace: one segment of the
+    pass's layers on its rows, exited when short of the model's ``depth`` (transformers' LayerSkip
+    drafting), its logits rows unembedded. Cache reuse between passes is not recorded: priced as
+    after a full-depth pass."""
+    trace = TraceCounts()
+    for p in passes:
+        if after is None or p.seq <= after:
+            continue
+        trace.passes += 1
+        trace.segments[(p.layers, p.rows, 0, p.kv_len, p.layers < depth, 0, 0, 0)] += 1
+        if p.logits_rows:
+            trace.unembed[p.logits_rows] += 1
+    return trace
 
 
 # ------------------------------------------------------------------------------------ building

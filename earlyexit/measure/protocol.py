@@ -68,10 +68,11 @@ class Measured:
         full_accepted = sum(s.full_model_drafts_accepted for s in work)
         verifications = sum(s.verifications for s in work)
         decode_tokens = sum(s.tokens - 1 for s in work)
-        histogram, trace = Counter(), TraceCounts()
+        histogram, trace, draft_trace = Counter(), TraceCounts(), TraceCounts()
         for s in work:
             histogram.update(s.exit_histogram)
             trace.update(s.trace)
+            draft_trace.update(s.draft_trace)
         decode_s = sum(s.total_s - s.ttft_s for s in runs)
 
         def per_token(count: float) -> float:
@@ -101,6 +102,7 @@ class Measured:
             "passes_per_token": per_token(trace.passes),
             "exit_histogram": dict(sorted(histogram.items())),
             "trace": trace.to_json(),
+            **({"draft_trace": draft_trace.to_json()} if draft_trace.passes else {}),
             "prompts": self.prompts,
             "repeats": len(runs) // max(1, self.prompts),
             "graphs_captured": self.graphs_captured,

@@ -66,7 +66,10 @@ def test_the_embedded_model_runs_the_lineup_and_records_each_baseline_beside_the
     summary = runner.run(config(*overrides, f"cache_dir={tmp_path}"), tmp_path)
     m = summary["metrics"]
     assert m["baselines"] == ["hf_generate", "assisted", "prompt_lookup"]
-    assert m["baseline.assisted.predicted"].startswith("not priced")  # said, not left blank
+    how = m["baseline.assisted.predicted"]
+    assert how.startswith("priced") and "draft's own" in how
+    assert "draft's own" not in m["baseline.prompt_lookup.predicted"]
+    assert m["baseline.draft_profile"]["identity"]["model_shape"].startswith("GPTNeoXForCausalLM layers=2")
     assert m["baseline.assisted.settings"]["draft_model"] == "embedded-draft"
     assert m["baseline.assisted.settings"]["draft_fingerprint"].startswith("weights=")
     for name in m["baselines"]:
@@ -75,6 +78,11 @@ def test_the_embedded_model_runs_the_lineup_and_records_each_baseline_beside_the
         assert m[prefix + "speedup_ci_low"] <= m[prefix + "speedup"] <= m[prefix + "speedup_ci_high"]
         assert m[prefix + "timing_samples"] == 2 and m[prefix + "flops_ratio"] > 0
         assert not math.isnan(m[f"workload.overall.baseline.{name}.speedup"])
+        assert m[prefix + "predicted_tpot_ms"] > 0 and math.isfinite(m[prefix + "prediction_error"])
+    # transformers' greedy loop runs full's passes: priced alike (its overhead is the prediction error).
+    assert m["workload.heldout.baseline.hf_generate.predicted_decode_speedup"] == pytest.approx(1.0)
+    assisted = "workload.heldout.baseline.assisted."
+    assert 0 < m[assisted + "predicted_draft_tpot_ms"] < m[assisted + "predicted_tpot_ms"]
     assert m["workload.heldout.baseline.hf_generate.mean_accepted_tokens"] == pytest.approx(1.0)
     assert m["workload.heldout.baseline.hf_generate.flops_ratio"] == pytest.approx(1.0)
     assert m["workload.heldout.baseline.assisted.acceptance_rate"] >= 0

@@ -10,6 +10,8 @@
   accepted; prompt lookup without any repeated token drafts nothing and is plain greedy.
 - FLOPs: the analytic count of every pass equals torch's FlopCounterMode exactly (eager attention:
   FlopCounterMode does not count CPU SDPA kernels), and `hf_generate`'s decode FLOPs equal `full`'s.
+- Cost: the passes after the first token become the engine's trace (the draft model's apart), so
+  `hf_generate` is priced exactly as `full` is, and no pass is priced twice or left out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import copy
 import pytest
 import torch
 import transformers
-from conftest import damped_llama, damped_model, prompts, tiny_gpt_neox, tiny_llama
+from conftest import damped_llama, damped_model, hand_profile, prompts, tiny_gpt_neox, tiny_llama
 from torch.utils.flop_counter import FlopCounterMode
 
 from earlyexit.decoding import DecodeSettings, FullDecoding, Stop, StopCheck, engine_for
@@ -27,9 +29,11 @@ from earlyexit.measure.baselines import (
     BASELINES,
     check_baselines,
     emitted,
+    first_token_pass,
     hf_early_exit_unsupported,
     make_baseline,
 )
+from earlyexit.measure.cost_model import predict
 from earlyexit.measure.protocol import measure_interleaved
 from earlyexit.model.adapter import get_adapter
 from earlyexit.model.draft import load_draft_model
@@ -456,3 +460,54 @@ def test_hf_generate_decode_flops_equal_full_and_its_prefill_is_the_prompt():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(PAD_PROMPT[None], logits_to_keep=1)
     assert baseline.last.flops_prefill == counter.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------ cost
+
+
+@pytest.mark.parametrize("name", ["hf_generate", "assisted", "prompt_lookup"])
+def test_the_decode_trace_is_every_pass_after_the_first_token(name, neox):
+    target, draft, adapter = neox
+    baseline = make_baseline(name, target, draft=draft)
+    settings = DecodeSettings(max_new_tokens=16)
+    depth = adapter.num_layers
+    full = FullDecoding()
+    for prompt in [*REPEATS, PAD_PROMPT]:
+        got = baseline.generate(None, prompt, settings)
+        want = full.generate(engine_for(full, adapter), prompt, settings)
+        passes = baseline.last.passes
+        first = first_token_pass(passes["target"], depth)
+        # The first token waits for the target's first pass and, when drafting, the first round's drafts.
+        assert first == passes["target"][0].seq
+        waited = sum(p.seq <= first for kind in passes.values() for p in kind)
+        assert waited == 1 + sum(p.seq < first for p in passes.get("draft", []))
+        s = got.stats
+        assert s.trace.passes == s.forward_passes - 1
+        assert s.trace.passes + s.draft_trace.passes + waited == sum(map(len, passes.values()))
+        assert sum(s.trace.unembed.values()) == s.trace.passes
+        rows = sum(k[1] * n for k, n in s.trace.segments.items())
+        assert rows == sum(p.rows for p in passes["target"][1:])  # every row fed, drafts verified included
+        assert all(k[0] == depth and not k[4] for k in s.trace.segments)  # full depth, nothing exited
+        if name == "assisted":
+            assert s.draft_trace.passes > 0 and all(k[0] == 2 for k in s.draft_trace.segments)
+            assert not any(k[4] for k in s.draft_trace.segments)  # the draft runs all of its own layers
+        else:
+            assert s.draft_trace.passes == 0
+        if name == "hf_generate":  # the same passes as full's: priced the same, to the float
+            profile = hand_profile()
+            mine = predict(s.trace, s.tokens - 1, profile, "full", None)
+            ref = predict(want.stats.trace, want.stats.tokens - 1, profile, "full", None)
+            assert mine == pytest.approx(ref)
+
+
+def test_transformers_layerskip_drafts_are_priced_as_exited_passes_of_their_depth():
+    model = damped_llama(4).double()
+    baseline = make_baseline("hf_early_exit", model, exit_layer=1)
+    got = baseline.generate(None, REPEATS[0], DecodeSettings(max_new_tokens=12)).stats
+    target = baseline.last.passes["target"]
+    first = first_token_pass(target, 6)
+    assert first is not None and target[0].layers == 2  # the first round drafts before the first token
+    assert got.trace.passes == sum(p.seq > first for p in target) and got.draft_trace.passes == 0
+    assert got.trace.passes + sum(p.seq <= first for p in target) == got.forward_passes
+    depths = {(k[0], k[4]) for k in got.trace.segments}
+    assert depths == {(2, True), (6, False)}  # drafts exited at E = 2; verifications at full depth

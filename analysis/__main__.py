@@ -45,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         df = latest_per_config(df)
         if counts is not None:
             counts = replace(counts, repeats=before - len(df))
+    from analysis.batch_figures import make_batch_figures
     from analysis.figures import make_all  # matplotlib only once there is something to draw
     from analysis.summary import write_summary
 
     written, skipped = make_all(df, args.out)
+    # Speedup against batch size, per workload: only for records of batched runs (else one log line).
+    batch_written, batch_skipped = make_batch_figures(df, args.out)
+    written.update(batch_written)
+    skipped.update(batch_skipped)
     source = str(args.results) + (f" + W&B {args.wandb}" if args.wandb else "")
     summary = write_summary(df, args.out, source, written, skipped, counts=counts)
     log.info("%d figure(s) written, %d skipped; summary in %s", len(written), len(skipped), summary)

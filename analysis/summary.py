@@ -457,6 +457,7 @@ def write_summary(
     # Imported here: those sections build on this module's cells and tables.
     from analysis import accuracy_summary as acc
     from analysis import workload_summary as ws
+    from analysis.batch_summary import batch_section
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -485,6 +486,8 @@ def write_summary(
         ws.quality_section(df),
         "## Generation workloads: speed–quality fronts",
         ws.fronts_section(df, written or {}, skipped or {}),
+        "## Batch size: where the speedup stops paying",
+        batch_section(df, written or {}),
         "## Log-likelihood tasks: accuracy only, no speedup",
         acc.loglikelihood_section(df),
         "## Measured",

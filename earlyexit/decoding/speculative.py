@@ -31,7 +31,7 @@ from typing import Protocol
 
 import torch
 
-from earlyexit.decoding.base import DecodeResult, DecodeSettings, Run, greedy
+from earlyexit.decoding.base import DecodeResult, DecodeSettings, DecodeStats, Run, greedy
 from earlyexit.exits.heads import HeadSet
 from earlyexit.model.engine import ExitCheck, ExitEngine, StepOutput
 
@@ -54,6 +54,21 @@ class RoundPlanner(Protocol):
     def observe(self, base: int, drafts: list[int], targets: list[int], accepted: int) -> None:
         """What the round's verification found: drafts at positions base+1.., the full model's
         greedy token after each position base.. (`targets`), and how many drafts it accepted."""
+
+
+def count_acceptance(stats: DecodeStats, drafts: list[int], targets: list[int], may_draft: bool) -> int:
+    """How many drafts the verification accepts (the longest prefix equal to the targets), counted
+    into ``stats``; ``may_draft``: no head fired, so the demo counts the full-model token as a draft."""
+    accepted = 0
+    while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+        accepted += 1
+    stats.drafted += len(drafts)
+    stats.accepted += accepted
+    stats.verifications += bool(drafts)
+    if may_draft:
+        stats.full_model_drafts += 1
+        stats.full_model_drafts_accepted += accepted == len(drafts)
+    return accepted
 
 
 def speculative_generate(
@@ -90,15 +105,7 @@ def speculative_generate(
         # Row i of the final logits sits at position base + i and predicts the next token.
         assert out.final_positions[0] == base and len(out.final_positions) == len(drafts) + 1
         targets = out.final_logits.argmax(-1).tolist()
-        accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
-            accepted += 1
-        run.stats.drafted += len(drafts)
-        run.stats.accepted += accepted
-        run.stats.verifications += bool(drafts)
-        if may_draft:  # no head fired: the demo counts this full-model token as a draft
-            run.stats.full_model_drafts += 1
-            run.stats.full_model_drafts_accepted += accepted == len(drafts)
+        accepted = count_acceptance(run.stats, drafts, targets, may_draft)
         engine.truncate(base + accepted + 1)  # keep the verified tokens' K/V, drop the rest
         run.emit([*drafts[:accepted], targets[accepted]])
         if planner is not None and not run.done:  # a last round's statistics would go unused

@@ -39,6 +39,15 @@ from earlyexit.exits.heads import HeadSet, HeadSpec, head_cost_ratio, place_head
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.exits.train import TrainConfig
 from earlyexit.harness.artifacts import cached_json, cached_token_streams, prepare_heads
+from earlyexit.harness.batching import (
+    BatchRun,
+    batch_record,
+    batch_sizes,
+    batching,
+    check_batching,
+    measure_batch_sizes,
+    profile_rows,
+)
 from earlyexit.harness.job_status import write_status
 from earlyexit.harness.lineup import Lineup, build_lineup, check_lineup, divergence_margin, lineup_record
 from earlyexit.harness.loggers import log_run
@@ -195,6 +204,7 @@ def validate(cfg: DictConfig) -> None:
             _positive(cfg, f"bench.{key}")
     workloads = OmegaConf.select(cfg, "bench.workloads", default=["heldout"])
     check_workloads(list(workloads), OmegaConf.to_container(cfg.task, resolve=True))
+    check_batching(cfg)
     for warning in check_lineup(cfg):  # the baselines: names, draft model found, same tokenizer, smaller
         log.warning("%s", warning)
     # Placement names and counts are checked even when the layer count is not known offline
@@ -358,6 +368,7 @@ class Benchmarked:
     rounds: int
     lineup: Lineup
     draft_profile: CostProfile | None = None  # prices the `assisted` baseline's draft passes
+    batches: BatchRun | None = None  # bench.batch_size beyond 1: every size's measurement
 
     @property
     def primary(self) -> list[Measured]:
@@ -519,7 +530,8 @@ def benchmark_stage(
     rounds, between, source = None, None, profile_source(cfg)
     if source == "interleaved":  # the profile's rounds between the samples they price
         kv_lengths, name = profile_kv_lengths(cfg, adapter, graphs), device_name(adapter.device)
-        rounds = ProfileRounds(adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name)
+        rows = profile_rows(cfg, PROFILE_ROWS)
+        rounds = ProfileRounds(adapter, heads, kv_lengths, rows, graphs, name)
         rounds.run(WARMUP_ROUNDS, timed=False)
         samples = b.repeats * len(workloads[0].prompts)
         between = interleaved_rounds(rounds, samples, b.profile_repeats, blocks=b.repeats, progress=True)
@@ -537,7 +549,13 @@ def benchmark_stage(
         profile = cost_profile(cfg, adapter, heads, graphs)
     used = rounds.rounds if rounds is not None else b.profile_repeats
     draft = draft_cost_profile(cfg, baselines.draft) if baselines.draft is not None else None
-    return Benchmarked(results, profile, source, used, baselines, draft)
+    batches = None
+    if batching(cfg):  # after the batch-1 lineup: the same prompts, B at a time
+        timed = lineup[: 1 if cfg.mode.name == "full" else 2]  # full and the mode (no batch-1 baselines)
+        names = ", ".join(s.name for s in timed)
+        log.info("batch sizes %s: %s and transformers' batched generate", batch_sizes(cfg), names)
+        batches = measure_batch_sizes(cfg, adapter, workloads, timed, decode, eos)
+    return Benchmarked(results, profile, source, used, baselines, draft, batches)
 
 
 def _lossless_check(cfg: DictConfig, result: WorkloadResult) -> None:
@@ -569,6 +587,8 @@ def workload_record(cfg: DictConfig, bench: Benchmarked, adapter: ModelAdapter) 
     out.update({f"workload.overall.{k}": v for k, v in overall.items()})
     priced = (bench.profile, bench.draft_profile)
     out.update(lineup_record(bench.results, bench.lineup, num_layers, adapter.model, cfg.seed, *priced))
+    if bench.batches is not None:
+        out.update(batch_record(bench.batches, bench.profile, cfg.metric.name, cfg.seed))
     return out
 
 
@@ -777,13 +797,13 @@ def cost_profile(cfg: DictConfig, adapter, heads, graphs) -> CostProfile:
     identity = {
         **profile_identity(adapter, heads, graphs is not None, name),
         "kv_lengths": kv_lengths,
-        "max_rows": PROFILE_ROWS,
+        "max_rows": profile_rows(cfg, PROFILE_ROWS),
         "repeats": b.profile_repeats,
     }
 
     def measure() -> dict:
         return measure_profile(
-            adapter, heads, kv_lengths, PROFILE_ROWS, graphs, name, identity["repeats"]
+            adapter, heads, kv_lengths, identity["max_rows"], graphs, name, identity["repeats"]
         ).to_json()
 
     profile = CostProfile.from_json(cached_json(cfg.cache_dir, "profile", identity, measure))

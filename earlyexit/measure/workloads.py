@@ -37,6 +37,7 @@ __all__ = [
     "quality_delta",
     "ratio_interval",
     "workload_metrics",
+    "workload_settings",
 ]
 
 # Strategies whose full-depth passes verify drafts (the baselines' passes of the target model count
@@ -55,7 +56,7 @@ class WorkloadResult:
     scores: list[Scores]
 
 
-def _settings(
+def workload_settings(
     workload: Workload, decode: Callable[[Sequence[int]], str], eos: int | None
 ) -> list[DecodeSettings]:
     return [
@@ -83,7 +84,7 @@ def measure_workload(
     between: Callable[[int], object] | None = None,
 ) -> WorkloadResult:
     """Time every strategy on the workload's prompts (interleaved), then score each one's texts."""
-    settings = _settings(workload, decode, eos_token_id if workload.stop_at_eos else None)
+    settings = workload_settings(workload, decode, eos_token_id if workload.stop_at_eos else None)
     prompts = [torch.tensor(p.ids) for p in workload.prompts]
     measured = measure_interleaved(
         strategies, adapter, prompts, settings, repeats, warmup, progress, graphs, between,

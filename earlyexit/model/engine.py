@@ -60,6 +60,14 @@ def _mask_fill(adapter: ModelAdapter) -> float | None:
     return torch.finfo(adapter.dtype).min if impl == "eager" else None
 
 
+def attention_mask(allowed: torch.Tensor, fill: float | None, dtype: torch.dtype) -> torch.Tensor:
+    """SDPA takes the boolean mask as is (``fill`` None); eager attention adds its mask to the scores,
+    so it gets 0 where a key may be attended and ``fill`` (the dtype's minimum) elsewhere."""
+    if fill is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, fill)
+
+
 def check_kv_strategy(kv: str) -> None:
     if kv not in KV_STRATEGIES:
         raise ValueError(f"unknown KV strategy {kv!r}; valid: {', '.join(KV_STRATEGIES)}")
@@ -373,13 +381,7 @@ class ExitEngine:
         return h[0]
 
     def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        """SDPA takes the boolean mask as is; eager attention adds its mask to the scores, so it gets
-        0 where a key may be attended and the dtype's minimum elsewhere."""
-        if self._mask_fill is None:
-            return allowed
-        return torch.zeros(allowed.shape, dtype=self.adapter.dtype, device=allowed.device).masked_fill(
-            ~allowed, self._mask_fill
-        )
+        return attention_mask(allowed, self._mask_fill, self.adapter.dtype)
 
     def _position_embeddings(self, h: torch.Tensor, pos: torch.Tensor) -> tuple:
         if self._rope is None:

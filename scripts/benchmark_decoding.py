@@ -44,6 +44,7 @@ from earlyexit.exits.head_stats import collect_head_stats
 from earlyexit.exits.heads import HeadSet, HeadSpec, place_heads
 from earlyexit.exits.policy import ThresholdPolicy
 from earlyexit.measure.baselines import BASELINES, check_baselines, hf_early_exit_unsupported, make_baseline
+from earlyexit.measure.batches import HF_BATCHED, batch_metrics, check_batch_sizes, measure_batches
 from earlyexit.measure.cost_model import DECIDES, predict
 from earlyexit.measure.json_text import dumps_readable
 from earlyexit.measure.machine import machine_metrics, take_reading, warn_if_busy
@@ -189,6 +190,34 @@ def measure_modes(
     return results, outputs
 
 
+def measure_batch_modes(strategies, adapter, prompts, settings, args, profile) -> dict:
+    """Every mode, `full` and transformers' batched `generate` at each ``--batch-sizes`` B, eager,
+    interleaved batch by batch (earlyexit/measure/batches.py); per B, each against `full` at that B."""
+    out = {}
+    for size in args.batch_sizes:
+        measured = measure_batches(
+            list(strategies.values()), adapter, prompts, [settings] * len(prompts), size, args.repeats,
+            args.warmup, with_hf=True, progress=True, desc=f"batch {size}",
+        )  # fmt: skip
+        full = measured[0]
+        out[str(size)] = {
+            m.name: batch_metrics(
+                full,
+                m,
+                args.seed,
+                profile,
+                "full" if m.name == HF_BATCHED else m.name.split(" ")[0],
+                args.metric,
+            )
+            for m in measured
+        }
+        for name, r in out[str(size)].items():
+            ci = f"[{r['throughput_speedup_ci_low']:.3f}-{r['throughput_speedup_ci_high']:.3f}]"
+            speed = f"{r['tokens_per_s']:9.1f} tok/s  throughput {r['throughput_speedup']:.3f}x {ci}"
+            print(f"B={size:<3d} {name:20s} {speed}")
+    return out
+
+
 def profile_rounds(adapter, heads, prompts, args, capture: Capture | None) -> dict[str, ProfileRounds]:
     """The cost profile's rounds, eager and, with `capture`, replayed as graphs, warmed up and
     ready to be timed between the samples; KV lengths span the run."""
@@ -203,10 +232,14 @@ def profile_rounds(adapter, heads, prompts, args, capture: Capture | None) -> di
 
 
 def predictions(results: dict, profile_by_regime: dict, metric: str) -> None:
-    """Each mode's time per token predicted from its trace, beside the measured mean."""
+    """Each mode's time per token predicted from its trace, beside the measured mean; transformers'
+    baselines priced as `full`'s passes are (their passes after the first token; docs/lineup.md),
+    except `assisted`, whose draft model this script has no profile of."""
     for name, r in results.items():
         regime = "graphs" if name.endswith(" (graphs)") else "eager"
         mode = name.removesuffix(" (graphs)").split(" kv=")[0]
+        if mode in BASELINES and "draft_trace" not in r:
+            mode = "full"
         if "trace" not in r or mode not in DECIDES or regime not in profile_by_regime:
             continue
         trace = TraceCounts.from_json(r["trace"])
@@ -263,6 +296,13 @@ def main() -> None:
         help="also time every mode and the profile as replayed graphs: auto = cuda on a CUDA "
         "device, else off; replay = the CPU stand-in (no speed-up; checks the graph path runs)",
     )
+    p.add_argument(
+        "--batch-sizes",
+        type=lambda text: [int(b) for b in text.split(",") if b],
+        default=[],
+        help="also time full, every mode and transformers' batched generate at these batch sizes "
+        "(comma-separated, e.g. 1,4,16; each needs as many --prompts), eager",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--profiles-out", type=Path, default=Path("benchmarks/profiles"))
     args = p.parse_args()
@@ -275,6 +315,11 @@ def main() -> None:
     try:  # before any loading
         capture = graph_capture(args.graphs, torch.device(args.device))
         check_baselines(args.baselines)
+        if args.batch_sizes:
+            args.batch_sizes = check_batch_sizes(args.batch_sizes, args.prompts, "--batch-sizes")
+            args.profile_rows = max(
+                args.profile_rows, *args.batch_sizes
+            )  # batched passes priced, not extrapolated
         if "assisted" in args.baselines:
             target = args.random_weights or args.model
             args.draft_model = args.draft_model or default_draft_model(target)
@@ -308,6 +353,11 @@ def main() -> None:
     }
     profile_by_regime = {regime: r.result() for regime, r in rounds.items()}
     predictions(results, profile_by_regime, args.metric)
+    batches = {}
+    if args.batch_sizes:
+        batches = measure_batch_modes(
+            strategies, adapter, prompts, settings, args, profile_by_regime["eager"]
+        )
     # transformers' own LayerSkip, probed: on GPT-NeoX it raises (the reason is recorded).
     hf_early_exit = hf_early_exit_unsupported(adapter.model)
     synchronize(adapter.device)
@@ -333,6 +383,8 @@ def main() -> None:
         "thresholds": thresholds,
         "modes": results,
         "outputs_equal_full": lossless,
+        # --batch-sizes: per B, every mode and transformers' batched generate against full at that B.
+        "batches": batches,
         "baselines": {b.name: b.settings() for b in baselines},
         "hf_early_exit": {
             "status": "ok" if hf_early_exit is None else "unsupported",

@@ -60,7 +60,9 @@ step cuda-graph-test 60 "$python" -m pytest -x tests/model/test_graphs.py
 # draft) and on Pythia-410m's shape (a random pythia-70m draft: timing only, acceptance meaningless).
 lineup="--baselines hf_generate,assisted,prompt_lookup"
 step embedded 170 $bench --profile-repeats 20 $lineup
-step pythia-160m 90 $bench --profile-repeats 15 --random-weights pythia-160m --dtype float16
+# Pythia-160m also at batch sizes 1..8 (full, every mode and transformers' batched generate; eager).
+step pythia-160m 130 $bench --profile-repeats 15 --random-weights pythia-160m --dtype float16 \
+    --prompts 8 --batch-sizes 1,2,4,8
 step pythia-410m 120 $bench --profile-repeats 15 --random-weights pythia-410m --dtype float16 $lineup
 step pythia-1.4b 120 $bench --profile-repeats 15 --random-weights pythia-1.4b --dtype float16
 step price-passes 60 "$python" scripts/price_passes.py --device cuda --repeats 2

@@ -11,9 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from earlyexit.measure.baselines import BASELINES
 from earlyexit.measure.profile import DEPTH_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def engine_modes_of(record: dict) -> set[str]:
+    return {name for name in record["modes"] if " (graphs)" not in name and name not in BASELINES}
 
 
 def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
@@ -31,11 +38,20 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
         "--graphs", "replay",
         "--baselines", "hf_generate,prompt_lookup,assisted",
         "--draft-model", "pythia-70m",  # random weights: times the method, not its acceptance
+        "--batch-sizes", "1,2",
         "--out", str(tmp_path),
         "--profiles-out", str(tmp_path / "profiles"),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
     record = json.loads((tmp_path / "cpu-pythia-70m-float32.json").read_text())
+    for size in ("1", "2"):  # every mode and transformers' batched generate against full at that B
+        batch = record["batches"][size]
+        assert set(batch) == {*engine_modes_of(record), "hf_generate"}
+        assert all(
+            m["outputs_equal_full"] for name, m in batch.items() if name in ("full", "layerskip", "del")
+        )
+        assert batch["full"]["throughput_speedup"] == pytest.approx(1.0)
+        assert batch["layerskip"]["predicted_speedup"] > 0
     modes = record["modes"]
     baselines = {"hf_generate", "prompt_lookup", "assisted"}
     engine_modes = {"full", "layerskip", "del"}
@@ -48,8 +64,9 @@ def test_benchmark_script_stores_eager_and_graph_timings(tmp_path):
     assert modes["full (graphs)"]["graphs_captured"] > 0 and modes["full"]["graphs_captured"] == 0
     for name in ("full", "layerskip", "del", "full (graphs)", "layerskip (graphs)"):  # priced
         assert modes[name]["predicted_ms"]["tpot_ms"] > 0
-    for name in baselines:  # not the engine: no trace to price
-        assert "predicted_ms" not in modes[name]
+    for name in ("hf_generate", "prompt_lookup"):  # their passes priced as full's are
+        assert modes[name]["predicted_ms"]["tpot_ms"] > 0
+    assert "predicted_ms" not in modes["assisted"]  # no profile of the draft model here
     assert all(record["outputs_equal_full"].values()) and len(record["outputs_equal_full"]) == 7
     assert record["baselines"]["assisted"]["draft_fingerprint"] == "random:pythia-70m"
     assert record["baselines"]["prompt_lookup"]["prompt_lookup_num_tokens"] == 10

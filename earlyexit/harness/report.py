@@ -54,6 +54,8 @@ def format_summary(summary: dict) -> str:
     )
     if m.get("workloads"):
         lines += ["", _workloads(m, summary["mode"])]
+    if m.get("batch_sizes"):
+        lines += ["", _batches(m, summary["mode"])]
     if "predicted_tpot_ms" in m:
         lines += ["", _breakdown(m)]
     if m.get("heads_selection"):
@@ -65,6 +67,29 @@ def format_summary(summary: dict) -> str:
         lines += ["", "accuracy (early-exit model vs full, lm-eval):"]
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(acc.items())]
     return "\n".join(lines)
+
+
+def _batches(m: dict, mode: str) -> str:
+    """Per batch size and workload: the mode's and transformers' batched generate's throughput
+    against full at that B, the per-sequence speedup, full's tokens/s (docs/batches.md)."""
+    rows = []
+    for size in _names(m["batch_sizes"]):
+        prefix = f"batch.{size}.workload."
+        workloads = sorted({k[len(prefix) :].split(".")[0] for k in m if k.startswith(prefix)})
+        for workload in sorted(workloads, key=lambda w: w == "overall"):
+            at = f"{prefix}{workload}."
+            rows.append(
+                {
+                    "B": size,
+                    "workload": workload,
+                    f"{mode} throughput": _interval(m, at + "throughput_speedup"),
+                    "per sequence": _interval(m, at + "seq_speedup"),
+                    "batched generate": _interval(m, at + "baseline.hf_generate.throughput_speedup"),
+                    "full tok/s": f"{m.get(at + 'full_tokens_per_s', NAN):.1f}",
+                }
+            )
+    table = pd.DataFrame(rows).set_index(["B", "workload"]).to_string()
+    return f"batches: each against full at the same batch size B\n{table}"
 
 
 def _interval(m: dict, key: str) -> str:

@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY_RUN
 
 from earlyexit.harness import runner
+from earlyexit.harness.report import format_summary
 from earlyexit.harness.runner import validate
 from tests.harness.test_lineup import config
 
@@ -52,6 +53,10 @@ def test_a_run_with_batch_sizes_records_each_size_beside_full_and_batched_genera
         assert m[w + "baseline.hf_generate.outputs_equal_full"]
         assert m[w + "baseline.hf_generate.throughput_speedup"] > 0
         assert m[f"batch.{size}.trace"]["passes"] > 0 and m[f"batch.{size}.decode_tokens"] > 0
+    printed = format_summary(summary)
+    assert "batches: each against full at the same batch size B" in printed
+    b4 = next(line for line in printed.splitlines() if line.startswith("4 ") and "heldout" in line)
+    assert f"{m['batch.4.workload.heldout.throughput_speedup']:.3f}x" in b4
 
 
 def test_the_profile_times_rows_up_to_the_largest_batch():

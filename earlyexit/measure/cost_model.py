@@ -13,7 +13,8 @@ Categories (ms per output token after the first):
 - ``layers_fill``: early-exit: exited tokens' skipped layers, run to fill their K/V;
 - ``kv_projections``: early-exit with ``engine.kv=propagate``: exited tokens' K/V projected
   from their exit state for the layers they skipped;
-- ``head_matmuls``: every evaluated head's own matmul;
+- ``head_matmuls``: every evaluated head's own matmul (a batched check of m rows as one call of m
+  rows, ``TraceCounts.head_calls``);
 - ``exit_decisions``: metric, threshold and host read beyond the head's matmul;
 - ``unembedding``: final norm + output matmul over a full-depth pass's rows;
 - ``pass_fixed``: per engine pass, everything outside the above (embedding, bookkeeping, loop).
@@ -65,7 +66,10 @@ def price(trace: TraceCounts, profile: CostProfile, mode: str, metric: str | Non
         out["layers_draft" if exited else "layers_full"] += total * new / (new + pending)
         out[pending_kind] += total * pending / (new + pending)
     evaluated = trace.heads_evaluated
-    out["head_matmuls"] = (evaluated + trace.extra_head_rows) * profile.head_ms
+    # Batched checks: a call of m rows at its own price; every other evaluated row is a one-row call.
+    in_calls = sum(rows * n for rows, n in trace.head_calls.items())
+    shared = sum(n * profile.head_call_ms(rows) for rows, n in trace.head_calls.items())
+    out["head_matmuls"] = shared + (evaluated - in_calls + trace.extra_head_rows) * profile.head_ms
     out["exit_decisions"] = evaluated * profile.decision_overhead_ms(metric if DECIDES[mode] else None)
     if trace.projections:
         out["kv_projections"] = trace.projected_rows * profile.projection_ms()

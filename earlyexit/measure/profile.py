@@ -62,9 +62,9 @@ from earlyexit.model.trace import UNKNOWN_RUN
 
 FORMAT = "earlyexit.profile/1"
 # 2: + the K/V projection of engine.kv=propagate; 3: the per-pass fixed cost measured directly;
-# 4: + the depth ratio; 5: the depth ratio per shallow passes before. A cached profile of an
-# older version is re-measured.
-COMPONENTS = 5
+# 4: + the depth ratio; 5: the depth ratio per shallow passes before; 6: + a head call at each row
+# count (batched exit checks). A cached profile of an older version is re-measured.
+COMPONENTS = 6
 # Shallow passes in a row the depth ratio times after a full-depth pass; a longer run is priced
 # as this one.
 DEPTH_RUN = 8
@@ -120,6 +120,9 @@ class CostProfile:
     # in a row (k = 1..DEPTH_RUN), over the same at full depth (1.0). None: the profile predates
     # it; one column: it was timed as runs of passes, their mean, priced alike for every k.
     depth_ratio: list[list[float]] | None = None
+    # [row index]: one head call on 1..R rows at once (the batched engine decides the sequences at an
+    # exit layer in one call). None: the profile predates it; a call is priced as rows x head_ms.
+    head_rows_ms: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.depth_ratio and not isinstance(self.depth_ratio[0], list):
@@ -155,6 +158,12 @@ class CostProfile:
         ratio = by_run[-1] if shallow_run < 0 else by_run[min(shallow_run, len(by_run)) - 1]
         one_row = max(0.0, _interp1(self.kv_lengths, self.layer_ms[0], kv_len))
         return max(0.0, 1.0 - ratio) * one_row
+
+    def head_call_ms(self, rows: int) -> float:
+        """One head call on `rows` rows at once (a batched exit check), extrapolated past R."""
+        if self.head_rows_ms is None:
+            return rows * self.head_ms
+        return max(0.0, _interp1(self.rows, self.head_rows_ms, rows))
 
     def unembedding_ms(self, rows: int) -> float:
         return max(0.0, _interp1(self.rows, self.unembed_ms, rows))
@@ -229,6 +238,9 @@ class CostProfile:
             f"{self.pass_fixed_ms:.4f} ms",
             f"  exit decision {decisions}",
         ]
+        if self.head_rows_ms is not None:
+            batched = f"{self.head_rows_ms[-1]:.4f} ms on {self.rows[-1]} rows at once"
+            lines.append(f"  head call {batched} (a batched exit check)")
         if self.projection_layer_ms is not None:
             lines.append(f"  K/V projection (engine.kv=propagate) {self.projection_layer_ms:.4f} ms a layer")
         if self.depth_ratio is not None:
@@ -312,6 +324,8 @@ class ProfileRounds:
         }
         layer0 = heads.layers[0]
         cold[("head",)] = partial(heads, layer0, hidden[0])
+        for r in rows[1:]:  # a batched exit check: one call on the rows of every sequence deciding
+            cold[("head", r)] = partial(heads, layer0, hidden[:r])
         cold[("project",)] = partial(engine._propagate, 0, [mid - 1], hidden[:1])
         for name in METRICS:  # a threshold no score reaches: the common case, a head that does not fire
             never = ThresholdPolicy(heads, name, {layer0: 1e30})
@@ -382,6 +396,7 @@ class ProfileRounds:
                 depths,
                 [[ms["depth", d, k] - fixed[0][mid] for k in range(1, DEPTH_RUN + 1)] for d in depths],
             ),
+            [ms["head",], *(ms["head", r] for r in rows[1:])],
         )
 
 

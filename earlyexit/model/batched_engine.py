@@ -498,8 +498,9 @@ class BatchedExitEngine:
         if not checked:
             return rows
         newest = rows.hidden[checked, [len(rows.positions[g]) - 1 for g in checked]]  # [m, d]
-        decisions = self._decide(end, [checks[rows.seqs[g]] for g in checked], newest)
+        decisions, calls = self._decide(end, [checks[rows.seqs[g]] for g in checked], newest)
         self._trace.checks.extend((end, d is not None) for d in decisions)
+        self._trace.head_calls.extend(calls)
         fired = [g for g, d in zip(checked, decisions, strict=True) if d is not None]
         if not fired:
             return rows
@@ -511,9 +512,13 @@ class BatchedExitEngine:
         return rows.keep(staying) if staying else None
 
     @staticmethod
-    def _decide(layer: int, checks: list[ExitCheck], newest: torch.Tensor) -> list[torch.Tensor | None]:
-        """Each row's check; rows sharing a `RowsCheck` in one call."""
+    def _decide(
+        layer: int, checks: list[ExitCheck], newest: torch.Tensor
+    ) -> tuple[list[torch.Tensor | None], list[int]]:
+        """Each row's check, rows sharing a `RowsCheck` in one call; and the rows of each head call
+        (the cost model prices a call of m rows, not m calls of one)."""
         decisions: list[torch.Tensor | None] = [None] * len(checks)
+        calls: list[int] = []
         shared: dict[int, list[int]] = {}
         for i, check in enumerate(checks):
             shared.setdefault(id(check), []).append(i)
@@ -522,11 +527,13 @@ class BatchedExitEngine:
             many = getattr(check, "rows", None)
             if many is not None and len(members) > 1:
                 results = many(layer, newest[members])
+                calls.append(len(members))
             else:
                 results = [check(layer, newest[i]) for i in members]
+                calls += [1] * len(members)
             for i, result in zip(members, results, strict=True):
                 decisions[i] = result
-        return decisions
+        return decisions, calls
 
     def _leave(self, end: int, rows: _Rows, fired: list[int]) -> None:
         """The exited sequences' rows: pending at `end` (fill), K/V projected (propagate), nothing (skip)."""

@@ -67,6 +67,9 @@ class PassTrace:
     # Passes in a row, ending with the one before this, that stopped short of full depth: a
     # layer's weights settle in cache over several shallow passes, not after one.
     previous_run: int = 0
+    # Rows of each head call that decided several checks at once (the batched engine's sequences at
+    # one exit layer); empty where every check is a one-row call.
+    head_calls: list[int] = field(default_factory=list)
 
     @property
     def exited(self) -> bool:
@@ -115,6 +118,7 @@ class TraceCounts:
     # Head rows evaluated outside any pass's exit checks (DEL's shadow tokens: every candidate
     # layer's head on the states a round computed), priced as head matmuls by the cost model.
     extra_head_rows: int = 0
+    head_calls: Counter = field(default_factory=Counter)  # rows -> head calls of that many rows
 
     def add(self, trace: PassTrace) -> None:
         self.passes += 1
@@ -127,6 +131,7 @@ class TraceCounts:
         if trace.unembed_rows:
             self.unembed[trace.unembed_rows] += 1
         self.projections.update((p.layers, p.rows) for p in trace.projections)
+        self.head_calls.update(trace.head_calls)
 
     def update(self, other: TraceCounts) -> None:
         self.passes += other.passes
@@ -135,6 +140,7 @@ class TraceCounts:
         self.unembed.update(other.unembed)
         self.projections.update(other.projections)
         self.extra_head_rows += other.extra_head_rows
+        self.head_calls.update(other.head_calls)
 
     @property
     def layer_rows(self) -> int:
@@ -161,6 +167,7 @@ class TraceCounts:
             "unembed": [[rows, n] for rows, n in sorted(self.unembed.items())],
             "projections": [[layers, rows, n] for (layers, rows), n in sorted(self.projections.items())],
             "extra_head_rows": self.extra_head_rows,
+            "head_calls": [[rows, n] for rows, n in sorted(self.head_calls.items())],
         }
 
     @classmethod
@@ -180,4 +187,6 @@ class TraceCounts:
         for layers, rows, n in data.get("projections", []):  # absent in records before kv strategies
             out.projections[(int(layers), int(rows))] = int(n)
         out.extra_head_rows = int(data.get("extra_head_rows", 0))  # absent before DEL
+        for rows, n in data.get("head_calls", []):  # absent before batches: one row per check
+            out.head_calls[int(rows)] = int(n)
         return out

@@ -65,6 +65,25 @@ def test_a_trace_is_priced_part_by_part_by_hand():
         price(trace, p, "fast", None)
 
 
+def test_a_batched_head_call_is_priced_at_its_rows_not_as_many_one_row_calls():
+    # Two passes of a batch of 4: one check of 4 rows in one call, one of a lone row; 5 checks in all.
+    trace = TraceCounts(passes=2, checks=Counter({(1, False): 5}), head_calls=Counter({4: 1, 1: 1}))
+    old = hand_profile()  # no head_rows_ms (a profile from before batches): rows x one row's price
+    assert price(trace, old, "early-exit", "entropy")["head_matmuls"] == pytest.approx(5 * 0.3)
+    p = hand_profile()
+    p.head_rows_ms = [0.3, 0.35, 0.45]  # rows 1, 2, 4: a call of 4 rows costs 1.5x one row
+    assert p.head_call_ms(4) == pytest.approx(0.45) and p.head_call_ms(3) == pytest.approx(0.40)
+    got = price(trace, p, "early-exit", "entropy")
+    assert got["head_matmuls"] == pytest.approx(0.45 + 0.3)
+    assert got["exit_decisions"] == pytest.approx(5 * 0.15)  # decisions: still per row
+    # A check outside any recorded call (batch 1) stays a one-row call; the JSON keeps the calls.
+    lone = TraceCounts(passes=1, checks=Counter({(1, False): 2}))
+    assert price(lone, p, "early-exit", "entropy")["head_matmuls"] == pytest.approx(2 * 0.3)
+    assert TraceCounts.from_json(json.loads(json.dumps(trace.to_json()))).head_calls == trace.head_calls
+    stored_before = {k: v for k, v in trace.to_json().items() if k != "head_calls"}
+    assert TraceCounts.from_json(stored_before).head_calls == {}
+
+
 def test_del_shadow_head_rows_are_priced_as_head_calls_and_survive_the_record():
     trace = TraceCounts(passes=1, checks=Counter({(1, True): 2}), extra_head_rows=5)
     got = price(trace, hand_profile(), "del", "entropy")
@@ -182,7 +201,9 @@ def test_a_measured_profile_is_complete_and_round_trips(tmp_path):
     assert len(p.segment_fixed_ms) == 3 and all(len(r) == 2 for r in p.segment_fixed_ms)
     assert len(p.unembed_ms) == 3 and set(p.decision_ms) == {"entropy", "max-prob", "margin"}
     # Timed directly, never a difference of two timings: every one of these is a time spent.
+    assert len(p.head_rows_ms) == 3 and p.head_rows_ms[0] == p.head_ms  # a head call on 1..R rows
     direct = [p.head_ms, p.pass_fixed_ms, p.projection_layer_ms, *p.unembed_ms, *p.decision_ms.values()]
+    direct += p.head_rows_ms
     assert all(isinstance(t, float) and t > 0 for t in direct)
     assert all(t >= 0 for r in p.segment_fixed_ms for t in r)  # clamped at 0 by construction
     # The depth ratio: one row per depth, one column per run length, full depth the unit, and

@@ -191,6 +191,8 @@ def test_sequences_sharing_a_rows_check_are_decided_in_one_call():
     step = engine.forward({s: torch.tensor([1]) for s in range(3)}, {0: shared, 1: shared, 2: alone})
     assert calls == [("rows", 1, (2, 32)), ("one", 1, (32,)), ("rows", 3, (2, 32)), ("one", 3, (32,))]
     assert [step[s].exit_layer for s in range(3)] == [3, 5, 5]
+    # The trace says so, for the cost model: at each layer one call of 2 rows and one of 1 row.
+    assert step.trace.head_calls == [2, 1, 2, 1] and len(step.trace.checks) == 6
 
 
 def test_a_finished_sequence_leaves_and_the_rest_stay_in_the_first_slots():
